@@ -1,0 +1,5 @@
+import sys
+
+from roli.cli.main import main
+
+sys.exit(main())

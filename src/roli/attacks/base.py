@@ -1,0 +1,56 @@
+"""Attack base class: input-gradient only, eval mode, and model state always restored."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from roli.config import AttackConfig
+from roli.registry import Registry
+
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode and frozen parameters while attacking; restored even if the attack raises.
+
+    Parameters must not require grad during the attack: then backward computes input gradients only,
+    which saves the weight-gradient half of every backward pass (spec B14).
+    """
+    was_training = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    model.eval()
+    for p in grads:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        for m, t in was_training.items():
+            m.train(t)
+
+
+class Attack:
+    """Call as `attack(model, x, y) -> x_adv`, with x in [0,1]; the model normalises internally."""
+
+    config_cls: type[AttackConfig] = AttackConfig
+
+    def __init__(self, config: AttackConfig) -> None:
+        self.config = config
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with attack_mode(model), torch.enable_grad():
+            x_adv = self.perturb(model, x.detach(), y)
+        return x_adv.detach()
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def build_attack(config: AttackConfig) -> Attack:
+    return ATTACKS.get(config.name)(config)

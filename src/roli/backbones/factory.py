@@ -1,0 +1,63 @@
+"""Build a backbone from its config: architecture, normalisation and local weights (never a download)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from roli.backbones.checkpoints import extract_state_dict, load_backbone_weights, load_file
+from roli.backbones.normalize import Classifier, PixelNormalize
+from roli.config import BackboneConfig
+from roli.registry import Registry
+
+# A factory returns (net, defaults): defaults hold mean, std and optionally a packaged `checkpoint`.
+BackboneFactory = Callable[[BackboneConfig, int | None], tuple[nn.Module, dict[str, Any]]]
+BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be built as asked."""
+
+
+def _timm_factory(cfg: BackboneConfig, num_classes: int | None) -> tuple[nn.Module, dict[str, Any]]:
+    import timm
+
+    if not timm.is_model(cfg.name):
+        raise BackboneError(
+            f"unknown backbone {cfg.name!r}: not a roli backbone {BACKBONES.names()} nor a timm architecture "
+            "(see timm.list_models())"
+        )
+    kwargs = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate}
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    net = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    pc = net.pretrained_cfg
+    return net, {"mean": tuple(pc.get("mean", IMAGENET["mean"])), "std": tuple(pc.get("std", IMAGENET["std"]))}
+
+
+def build_model(cfg: BackboneConfig, num_classes: int | None = None) -> Classifier:
+    if cfg.pretrained or (cfg.checkpoint or "").startswith(("hf-hub:", "http://", "https://", "timm/")):
+        raise BackboneError(
+            "roli never downloads weights (and offline it cannot). Download the checkpoint yourself, then pass "
+            "its local path: `backbone.checkpoint: /path/to/weights.pth` (or --set backbone.checkpoint=PATH)."
+        )
+    factory = BACKBONES.get(cfg.name) if cfg.name in BACKBONES else _timm_factory
+    net, defaults = factory(cfg, num_classes)
+    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier", "head")
+    net.roli_classifier = head  # type: ignore[attr-defined]
+    checkpoint = cfg.checkpoint or defaults.get("checkpoint")
+    if checkpoint:
+        load_backbone_weights(net, extract_state_dict(load_file(checkpoint), checkpoint), head, checkpoint)
+    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else (defaults["mean"], defaults["std"])
+    in_chans = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (len(mean),))[0]
+    return Classifier(net, PixelNormalize(mean, std, cfg.input_size, in_chans=in_chans))
+
+
+def create_backbone(name: str, checkpoint: str | None = None, num_classes: int | None = None, **fields) -> Classifier:
+    """Python API: `create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)`."""
+    return build_model(dataclasses.replace(BackboneConfig(name=name, checkpoint=checkpoint), **fields), num_classes)

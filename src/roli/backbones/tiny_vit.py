@@ -1,0 +1,47 @@
+"""A timm VisionTransformer for 28x28x1 input (patch 7: 16 tokens + class token; 0.8 M parameters).
+
+Built on timm's own class so every PEFT method that works on ViT-B works here unchanged. The `_fmnist_*`
+variants load the checkpoints shipped with roli, produced by recipes/tiny/pretrain_fmnist_{robust,standard}.yaml.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from timm.models.vision_transformer import VisionTransformer
+
+from roli.backbones.factory import BACKBONES
+from roli.config import BackboneConfig
+
+FMNIST = {"mean": (0.2860,), "std": (0.3530,)}  # Fashion-MNIST pixel statistics
+
+
+def _tiny_vit(cfg: BackboneConfig, num_classes: int | None):
+    net = VisionTransformer(
+        img_size=28, patch_size=7, in_chans=1, num_classes=10 if num_classes is None else num_classes,
+        embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
+        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+    )
+    net.pretrained_cfg = {"classifier": "head", "input_size": (1, 28, 28), **FMNIST}
+    return net
+
+
+def _shipped(name: str) -> str:
+    return str(resources.files("roli") / "checkpoints" / f"{name}.pt")
+
+
+@BACKBONES.register("vit_tiny_28")
+def vit_tiny_28(cfg: BackboneConfig, num_classes: int | None):
+    return _tiny_vit(cfg, num_classes), dict(FMNIST)
+
+
+@BACKBONES.register("vit_tiny_28_fmnist_robust")
+def vit_tiny_28_fmnist_robust(cfg: BackboneConfig, num_classes: int | None):
+    """PGD-AT on Fashion-MNIST (eps 0.1): the embedded robust backbone."""
+    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": _shipped("vit_tiny_28_fmnist_robust")}
+
+
+@BACKBONES.register("vit_tiny_28_fmnist_standard")
+def vit_tiny_28_fmnist_standard(cfg: BackboneConfig, num_classes: int | None):
+    """Standard (non-adversarial) training on Fashion-MNIST: the non-robust baseline."""
+    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": _shipped("vit_tiny_28_fmnist_standard")}

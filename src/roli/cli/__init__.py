@@ -1,0 +1,1 @@
+"""Command-line interface: a thin argparse layer over the Python API."""

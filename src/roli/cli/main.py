@@ -1,0 +1,159 @@
+"""`roli run | eval | list | report | export`: thin wrappers over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import typing
+from pathlib import Path
+
+log = logging.getLogger("roli")
+
+
+def _run(a: argparse.Namespace) -> int:
+    from roli.config import load_config
+    from roli.evaluation.report import write_report
+    from roli.training.pipeline import run
+
+    if a.resume:
+        if a.recipes:
+            raise SystemExit("roli run: give either recipes or --resume DIR, not both")
+        cfg = load_config(Path(a.resume) / "config.yaml", a.set)
+        results = [run(cfg, resume=a.resume)]
+        out = Path(a.resume).parent
+    else:
+        if not a.recipes:
+            raise SystemExit("roli run: give at least one recipe (e.g. recipes/tiny/mnist_full_roli.yaml)")
+        configs = [(r, load_config(r, a.set)) for r in a.recipes]  # validate every recipe before training any
+        out = Path(a.out)
+        results = [run(cfg, out=out, recipe=r, name=cfg.run.name or Path(r).stem) for r, cfg in configs]
+    report = write_report(out, [Path(r["run_dir"]) for r in results])
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def _eval(a: argparse.Namespace) -> int:
+    from roli.evaluation.checkpoint import evaluate_checkpoint
+
+    result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=a.eps,
+                                 steps=a.steps, step_size=a.step_size, limit=a.limit, data_root=a.data_root)
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = Path(a.output) if a.output else Path(a.checkpoint).with_name(f"eval-{result['data']['name']}-{a.split}.json")
+    if out.exists() and not a.output:
+        out = out.with_name(f"{out.stem}-{result['started'].replace(':', '')}.json")
+    out.write_text(text)
+    log.info("wrote %s", out)
+    return 0
+
+
+def _fields(cls) -> str:
+    hints = typing.get_type_hints(cls)
+    return ", ".join(f"{f.name}: {getattr(hints[f.name], '__name__', str(hints[f.name]))} = {f.default!r}"
+                     for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING)
+
+
+def _list(a: argparse.Namespace) -> int:
+    from roli.attacks import ATTACKS
+    from roli.backbones import BACKBONES
+    from roli.data import DATASETS
+    from roli.transfer import TRANSFER
+
+    print("backbones:", ", ".join(BACKBONES.names()), "+ any timm architecture (weights from a local file)")
+    print("datasets: ", ", ".join(DATASETS.names()))
+    print("transfer methods:")
+    for name in TRANSFER.names():
+        print(f"  {name}: {_fields(TRANSFER.get(name).config_cls)}")
+    print("attacks:")
+    for name in ATTACKS.names():
+        print(f"  {name}: {_fields(ATTACKS.get(name).config_cls)}")
+    return 0
+
+
+def _report(a: argparse.Namespace) -> int:
+    from roli.evaluation.report import write_report
+
+    dirs = [p.parent for d in a.dirs for p in sorted(Path(d).glob("**/results.json"))]
+    if not dirs:
+        raise SystemExit(f"roli report: no results.json under {a.dirs}")
+    report = write_report(Path(a.out or a.dirs[0]), dirs)
+    print(report.read_text())
+    return 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from roli.backbones.checkpoints import load_file, save_new
+
+    ckpt = load_file(Path(a.run_dir) / "best.pt")
+    keep = {k: ckpt[k] for k in ("format", "model", "config", "classifier", "num_classes", "epoch", "val")}
+    save_new(keep, a.output)
+    print(f"exported {a.run_dir}/best.pt (epoch {ckpt['epoch']}) -> {a.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="roli", description=__doc__.split("\n")[0] + " See README.md.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="train (RanLI, or both RoLI stages) and test one or more recipes")
+    r.add_argument("recipes", nargs="*", help="recipe YAML files")
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=3")
+    r.add_argument("--out", default="runs", help="output root; each run gets a new folder inside (default runs/)")
+    r.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder")
+    r.set_defaults(func=_run)
+
+    e = sub.add_parser("eval", help="evaluate a roli checkpoint (rebuilt without its recipe)")
+    e.add_argument("--checkpoint", required=True, help="best.pt of a run")
+    e.add_argument("--data", help="dataset name (default: the run's)")
+    e.add_argument("--data-root", help="dataset folder (default: the run's)")
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--attack", default=None, help="attack name (default: the run's, i.e. pgd)")
+    e.add_argument("--eps", default=None, help="override eps, e.g. 8/255")
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--step-size", default=None)
+    e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.add_argument("--output", help="JSON file (default: eval-<data>-<split>.json beside the checkpoint)")
+    e.set_defaults(func=_eval)
+
+    sub.add_parser("list", help="registered backbones, datasets, methods and attacks").set_defaults(func=_list)
+
+    rep = sub.add_parser("report", help="collect results.json of runs into report.md, CSV and plots")
+    rep.add_argument("dirs", nargs="+")
+    rep.add_argument("--out", help="folder for the report (default: the first DIR)")
+    rep.set_defaults(func=_report)
+
+    x = sub.add_parser("export", help="save a run's best weights as a standalone backbone checkpoint")
+    x.add_argument("run_dir")
+    x.add_argument("output")
+    x.set_defaults(func=_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from roli.attacks.base import ATTACKS  # noqa: F401  (imports roli, which sets the hub offline first)
+    from roli.backbones import BackboneError
+    from roli.backbones.checkpoints import CheckpointError
+    from roli.config import ConfigError
+    from roli.data import DataError
+    from roli.training.pipeline import RunDirError
+    from roli.training.trainer import TrainingFailed
+    from roli.transfer.heads import HeadError
+
+    try:
+        return args.func(args)
+    except (ConfigError, BackboneError, CheckpointError, DataError, HeadError, RunDirError, TrainingFailed,
+            FileExistsError, KeyError) as e:
+        print(f"roli {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Typed, frozen run configuration loaded strictly from YAML.
+
+Every number a run depends on lives here (nothing is hidden in the training loop, unlike the reference code's
+hard-coded PGD step and AdamW decay, spec B3). Unknown keys, wrong types and impossible values are errors that
+name the key, the file and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the key and the fix."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    name: str = "vit_tiny_28"  # a roli backbone or any timm architecture name
+    checkpoint: str | None = None  # local weights file; None = random init
+    pretrained: bool = False  # hub weights are refused: roli never downloads (pass `checkpoint`)
+    input_size: int | None = None  # resize inside the model, so perturbations live at the data's resolution
+    drop_rate: float = 0.0  # the same for every method (spec B8)
+    drop_path_rate: float = 0.0
+    mean: tuple[float, ...] | None = None  # None = the architecture's own normalisation
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.drop_rate < 1 and 0 <= self.drop_path_rate < 1, "drop rates must be in [0, 1)")
+        _check((self.mean is None) == (self.std is None), "give both mean and std, or neither")
+        _check(self.std is None or all(s > 0 for s in self.std), "std must be > 0")
+        _check(self.input_size is None or self.input_size > 0, "input_size must be > 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    name: str = "mnist"
+    root: str | None = None  # folder with the dataset's own files; None = the copy shipped with roli, if any
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    split_seed: int = 0  # seeds the train/val carve; recorded with a hash of the membership
+    val_fraction: float = 0.1
+    train_limit: int | None = None  # use only the first N examples of a split (after the seeded carve)
+    val_limit: int | None = None
+    test_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
+        _check(self.num_workers >= 0, "num_workers must be >= 0")
+        _check(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)")
+        for k in ("train_limit", "val_limit", "test_limit"):
+            _check(getattr(self, k) is None or getattr(self, k) >= 1, f"{k} must be >= 1 or null")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+    """The threat model and the attack; the same type configures training, validation and test attacks."""
+
+    name: str = "pgd"
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = 8 / 255  # in [0,1] pixel units; `8/255` is accepted in YAML
+    step_size: float = 2 / 255
+    steps: int = 7
+    random_start: bool = True
+    restarts: int = 1
+    loss: Literal["ce", "margin"] = "ce"
+    select: Literal["best", "last"] = "best"  # per-example highest-loss iterate (spec B4 fix) or the last one
+
+    def __post_init__(self) -> None:
+        _check(self.eps >= 0, f"eps must be >= 0, got {self.eps}")
+        _check(self.step_size > 0, f"step_size must be > 0, got {self.step_size}")
+        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        _check(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
+
+    @classmethod
+    def _resolve(cls, data: Mapping[str, Any]) -> type:
+        from roli.attacks import ATTACKS
+
+        return ATTACKS.get(data.get("name", cls.name)).config_cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransferConfig:
+    """Which parameters adapt, and how the head starts. Methods subclass this with their own fields."""
+
+    name: str = "linear_probe"
+    init: Literal["ranli", "roli"] = "ranli"  # random head, or the stage-1 adversarial linear-probe head
+    head_bias: Literal["zero", "focal"] = "zero"  # focal = -log(99), the reference's RanLI bias (spec B12)
+
+    @classmethod
+    def _resolve(cls, data: Mapping[str, Any]) -> type:
+        from roli.transfer import TRANSFER
+
+        return TRANSFER.get(data.get("name", cls.name)).config_cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    epochs: int = 5
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    no_decay: Literal["none", "bias", "bias_norm"] = "bias_norm"  # which parameters get weight decay 0
+    momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    adam_eps: float = 1e-8
+    warmup_epochs: float = 1.0  # linear warmup, per step, starting above 0 (spec B5: no epoch at LR 0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+    adversarial: bool = True  # False = standard training (the non-robust baseline)
+    amp: bool = False  # bf16 autocast for the training step only; attacks stay fp32
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(0 <= self.momentum < 1, "momentum must be in [0, 1)")
+        _check(all(0 <= b < 1 for b in self.betas), "betas must be in [0, 1)")
+        _check(self.adam_eps > 0, "adam_eps must be > 0")
+        _check(0 <= self.warmup_epochs <= self.epochs, "warmup_epochs must be in [0, epochs]")
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio must be in [0, 1]")
+        _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0 or null")
+
+
+def _stage1_default() -> TrainConfig:
+    # Adversarial linear probing: SGD as in the reference's linear recipes.
+    return TrainConfig(optimizer="sgd", lr=0.05, weight_decay=0.0, epochs=5, warmup_epochs=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    attack_steps: int = 10  # validation and test PGD reuse `attack` (eps, norm) with these steps
+    attack_step_size: float | None = None  # None = attack.step_size
+    restarts: int = 1
+    select: Literal["robust", "clean", "last"] = "robust"  # which epoch's weights are kept
+
+    def __post_init__(self) -> None:
+        _check(self.attack_steps >= 1, "attack_steps must be >= 1")
+        _check(self.attack_step_size is None or self.attack_step_size > 0, "attack_step_size must be > 0")
+        _check(self.restarts >= 1, "restarts must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    seed: int = 0  # seeds torch, numpy and python's random
+    name: str | None = None  # run folder name; None = the recipe's file name
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None  # torch CPU threads; None = the number of cores
+    deterministic: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: TrainConfig = field(default_factory=_stage1_default)  # RoLI stage 1 (adversarial linear probing)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def eval_attack(self) -> AttackConfig:
+        """The validation/test attack: the training threat model with the evaluation's steps."""
+        return dataclasses.replace(
+            self.attack,
+            steps=self.eval.attack_steps,
+            step_size=self.eval.attack_step_size or self.attack.step_size,
+            restarts=self.eval.restarts,
+        )
+
+
+# --------------------------------------------------------------------------- strict loading
+
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {tp}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not valid; choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise ConfigError(f"{where}: expected {len(item_types)} values, got {len(value)}")
+        return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str) and (m := _FRACTION.match(value)):
+            try:
+                return float(m.group(1)) / float(m.group(2))
+            except (ValueError, ZeroDivisionError):
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number (or a fraction like 8/255), got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")  # pragma: no cover - a bug in a config class
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys, wrong types and bad values raise ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping of keys, got {data!r}")
+    if hasattr(cls, "_resolve"):
+        try:
+            cls = cls._resolve(data)
+        except KeyError as e:
+            raise ConfigError(f"{where}.name: {e.args[0]}".lstrip(".")) from None
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in fields(cls)]
+    unknown = [k for k in data if k not in valid]
+    if unknown:
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) {unknown}; valid keys are {valid}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{where or 'recipe'}: {e}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON/YAML-safe dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(*parts: Any) -> str:
+    blob = json.dumps([to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe; `base: other.yaml` (relative to this file) is loaded first and overridden."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+    if "base" in data:
+        base = data.pop("base")
+        data = _deep_merge(read_yaml(path.parent / base), data)
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`train.epochs=3 attack.eps=8/255` -> nested dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=3")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), data: Mapping | None = None) -> Config:
+    """Load a recipe (or a dict) strictly, then apply `--set` overrides, type-checked the same way."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    where = str(path) if path is not None else "config"
+    try:
+        from_dict(Config, raw, "")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if overrides:
+        raw = _deep_merge(raw, parse_overrides(overrides))
+        try:
+            return from_dict(Config, raw, "")
+        except ConfigError as e:
+            raise ConfigError(f"--set: {e}") from None
+    return from_dict(Config, raw, "")
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Clean and attacked accuracy over a DataLoader, sanity checks and reports."""

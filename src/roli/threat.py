@@ -1,0 +1,62 @@
+"""Threat models: norm balls around clean inputs in [0,1] pixel space (MadryLab-style project/step/init)."""
+
+from __future__ import annotations
+
+import torch
+
+from roli.registry import Registry
+
+BALLS: Registry[type[Ball]] = Registry("norm")
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+class Ball:
+    """An eps-ball intersected with the [0,1] box."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@BALLS.register("linf")
+class LinfBall(Ball):
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        return x_adv + step_size * grad.sign()
+
+    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
+
+
+@BALLS.register("l2")
+class L2Ball(Ball):
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        delta = x_adv - x
+        factor = (self.eps / _flat_norm(delta)).clamp(max=1.0)
+        return (x + delta * factor).clamp_(0, 1)
+
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
+        return x_adv + step_size * grad / _flat_norm(grad)
+
+    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+        # Uniform direction, radius uniform in [0, eps]: a simple, common choice for L2 random starts.
+        noise = torch.randn_like(x)
+        radius = torch.rand(x.shape[0], device=x.device).view(-1, *([1] * (x.dim() - 1))) * self.eps
+        return self.project(x + noise / _flat_norm(noise) * radius, x)
+
+
+def make_ball(norm: str, eps: float) -> Ball:
+    return BALLS.get(norm)(eps)

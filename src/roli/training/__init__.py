@@ -1,0 +1,1 @@
+"""Adversarial training: the per-epoch loop, optimisers and schedules, and the RoLI two-stage pipeline."""

@@ -1,0 +1,181 @@
+"""The RoLI pipeline (Hua et al., CVPR 2024): stage 1 adversarial linear probing on the frozen robust backbone
+(best validation-robust epoch), then the chosen method starting from that head. `init: ranli` is one stage.
+
+Stage 1 is cached in the output root: any finished linear-probe run with the same backbone, data, attack,
+evaluation, seed and stage-1 training settings is reused (its `stage1_key` in results.json matches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+import roli
+from roli.backbones import build_model
+from roli.config import Config, TransferConfig, config_hash, dump_config, to_dict
+from roli.data import build_data, make_loader
+from roli.evaluation.accuracy import evaluate
+from roli.attacks import build_attack
+from roli.backbones.checkpoints import load_file
+from roli.training.trainer import TrainingFailed, fit, seed_everything
+from roli.transfer import build_transfer
+from roli.transfer.heads import head_state, init_ranli, init_roli
+
+log = logging.getLogger(__name__)
+
+
+class RunDirError(FileExistsError):
+    """A run folder would be overwritten, or a resume folder is not a roli run."""
+
+
+def stage1_config(cfg: Config) -> Config:
+    """The adversarial linear-probing run that RoLI starts from."""
+    lp = TransferConfig(name="linear_probe", init="ranli", head_bias=cfg.transfer.head_bias)
+    return dataclasses.replace(cfg, transfer=lp, train=cfg.stage1, stage1=cfg.stage1)
+
+
+def stage1_key(cfg: Config) -> str | None:
+    """Cache key of a linear-probe RanLI run: exactly the settings that determine its head."""
+    if cfg.transfer.name != "linear_probe" or cfg.transfer.init != "ranli":
+        return None
+    return config_hash(cfg.backbone, cfg.data, cfg.attack, cfg.eval, cfg.train, cfg.run.seed,
+                       cfg.transfer.head_bias)
+
+
+def versions() -> dict:
+    import numpy
+    import timm
+    import torchvision
+
+    return {"roli": roli.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is 'cuda' but no CUDA device is available; use run.device=auto or cpu")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def new_run_dir(out: Path, name: str) -> Path:
+    """A fresh folder under `out`; an existing run is never reused or overwritten (a suffix is added)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = out / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"no free run folder name for {name!r} in {out}")
+
+
+def read_results(run_dir: Path) -> dict | None:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def find_stage1(out: Path, key: str) -> Path | None:
+    for res_path in sorted(out.glob("*/results.json")):
+        res = json.loads(res_path.read_text())
+        if res.get("stage1_key") == key and res.get("status") == "complete":
+            return res_path.parent
+    return None
+
+
+def _write_results(run_dir: Path, results: dict) -> None:
+    tmp = run_dir / ".results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, run_dir / "results.json")
+
+
+def ensure_stage1(cfg: Config, out: Path) -> tuple[Path, dict]:
+    s1 = stage1_config(cfg)
+    key = stage1_key(s1)
+    found = find_stage1(out, key)
+    if found is not None:
+        log.info("RoLI stage 1: reusing %s (key %s)", found, key)
+        return found, read_results(found)
+    pending = out / f"stage1-{key[:10]}"
+    if pending.exists():
+        log.info("RoLI stage 1: resuming %s", pending)
+        return pending, run(s1, out, resume=pending)
+    log.info("RoLI stage 1: adversarial linear probing (key %s)", key)
+    return pending, run(s1, out, name=pending.name)
+
+
+def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: str | Path | None = None,
+        recipe: str | None = None) -> dict:
+    """Run one recipe end to end (both RoLI stages if `transfer.init: roli`); returns results.json's dict."""
+    out = Path(out)
+    t0 = time.perf_counter()
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
+        out = run_dir.parent
+    else:
+        run_dir = None
+    stage1 = None
+    if cfg.transfer.init == "roli":
+        s1_dir, s1_res = ensure_stage1(cfg, out)
+        stage1 = {"run_dir": str(s1_dir), "checkpoint": str(s1_dir / "best.pt"), "key": s1_res["stage1_key"],
+                  "selected_epoch": s1_res["selected_epoch"], "val": s1_res["best_val"], "test": s1_res["test"]}
+    if run_dir is None:
+        run_dir = new_run_dir(out, name or cfg.run.name or f"{cfg.transfer.name}-{cfg.transfer.init}")
+    dump_config(cfg, run_dir / "config.yaml") if resume is None else None
+    return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
+
+
+def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
+                    t0: float) -> dict:
+    device = pick_device(cfg.run.device)
+    torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
+    torch.use_deterministic_algorithms(cfg.run.deterministic)
+    seed_everything(cfg.run.seed)
+    splits = build_data(cfg.data)
+    model = build_model(cfg.backbone, splits.num_classes)
+    init_ranli(model, cfg.transfer)
+    if stage1 is not None:
+        init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])
+    model = build_transfer(cfg.transfer).apply(model).to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    results = {
+        "status": "running", "run_dir": str(run_dir), "recipe": recipe,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": to_dict(cfg), "seed": cfg.run.seed, "versions": versions(), "device": str(device),
+        "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
+        "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg), "stage1": stage1,
+        "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
+    }
+    _write_results(run_dir, results)
+    try:
+        fitted = fit(model, cfg, splits, run_dir, resume=resume)
+    except TrainingFailed as e:
+        _write_results(run_dir, {**results, "status": "failed", "error": str(e)})
+        raise
+    best = load_file(run_dir / "best.pt")
+    model.load_state_dict(best["model"])
+    test_attack = cfg.eval_attack()
+    test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
+                    {"clean": None, "pgd": build_attack(test_attack)})
+    results.update(
+        status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
+        best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
+        test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
+              "attack": to_dict(test_attack), "pgd_images_per_s": test["pgd"]["images_per_s"]},
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    _write_results(run_dir, results)
+    log.info("%s: test clean %.2f%%, PGD-%d %.2f%% (epoch %d) -> %s", run_dir.name, results["test"]["clean"],
+             test_attack.steps, results["test"]["pgd"], results["selected_epoch"], run_dir)
+    return results

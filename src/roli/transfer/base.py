@@ -1,0 +1,53 @@
+"""TransferMethod: freeze everything, inject modules if any, then unfreeze exactly what the method names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from roli.backbones.normalize import Classifier
+from roli.config import TransferConfig
+from roli.registry import Registry
+
+TRANSFER: Registry[type[TransferMethod]] = Registry("transfer method")
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+class TransferMethod:
+    config_cls: type[TransferConfig] = TransferConfig
+
+    def __init__(self, config: TransferConfig) -> None:
+        self.config = config
+
+    def apply(self, model: Classifier) -> Classifier:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.inject(model.net)
+        for p in self.trainable(model.net):
+            p.requires_grad_(True)
+        for p in model.head.parameters():  # the head trains in every method
+            p.requires_grad_(True)
+        model.roli_method = self.config.name  # type: ignore[attr-defined]
+        return model
+
+    def inject(self, net: nn.Module) -> None:
+        """Add new modules (adapters, prompts, LoRA); nothing for methods that only unfreeze."""
+
+    def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        """Backbone parameters this method trains, besides the head."""
+        return ()
+
+
+def set_train_mode(model: nn.Module, training: bool = True) -> None:
+    """Train mode, but frozen BatchNorm keeps its running statistics: a frozen backbone must stay frozen."""
+    model.train(training)
+    if training:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+
+
+def build_transfer(config: TransferConfig) -> TransferMethod:
+    return TRANSFER.get(config.name)(config)

@@ -1,0 +1,50 @@
+"""Head initialisation: RanLI (random) or RoLI (the stage-1 adversarial linear-probe head)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from roli.backbones.checkpoints import load_file
+from roli.backbones.normalize import Classifier
+from roli.config import TransferConfig
+
+
+class HeadError(ValueError):
+    """A RoLI head does not fit the stage-2 model."""
+
+
+def init_ranli(model: Classifier, config: TransferConfig) -> None:
+    head = model.head
+    if not isinstance(head, nn.Linear):
+        raise HeadError(f"expected a linear head, got {type(head).__name__}")
+    head.reset_parameters()
+    if config.head_bias == "focal":  # the reference's prior-0.01 bias (spec B12)
+        nn.init.constant_(head.bias, -math.log(99))
+    else:
+        nn.init.zeros_(head.bias)
+
+
+def head_state(checkpoint: str) -> dict[str, torch.Tensor]:
+    """The head weights stored in a roli checkpoint."""
+    ckpt = load_file(checkpoint)
+    if not (isinstance(ckpt, dict) and ckpt.get("format") == "roli"):
+        raise HeadError(f"{checkpoint} is not a roli checkpoint; a RoLI head must come from a stage-1 roli run")
+    prefix = f"net.{ckpt['classifier']}."
+    return {k[len(prefix):]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+
+
+def init_roli(model: Classifier, state: dict[str, torch.Tensor], source: str = "stage 1") -> None:
+    head = model.head
+    own = head.state_dict()
+    if set(own) != set(state):
+        raise HeadError(f"{source}: head keys {sorted(state)} do not match the model's {sorted(own)}")
+    for k, v in state.items():
+        if v.shape != own[k].shape:
+            raise HeadError(
+                f"{source}: head {k} has shape {tuple(v.shape)} but the model needs {tuple(own[k].shape)} "
+                "(different number of classes or feature size: stage 1 must use the same backbone and dataset)"
+            )
+    head.load_state_dict(state)
