@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The embedded default: robust tiny ViT (Fashion-MNIST PGD-AT) -> MNIST; linear probe, full finetune RanLI / RoLI.
+DEMO_RECIPES := recipes/tiny/mnist_linear_ranli.yaml recipes/tiny/mnist_full_ranli.yaml recipes/tiny/mnist_full_roli.yaml
+DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
+
 demo: $(STAMP)
-	$(VENV)/bin/roli demo
+	$(VENV)/bin/roli run $(DEMO_RECIPES) --out $(DEMO_OUT)
+	@echo "demo report: $(DEMO_OUT)/report.md (runs, results.json and checkpoints in $(DEMO_OUT)/)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -41,3 +41,47 @@ def tiny_cfg():
         return load_config(data=TINY, overrides=list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Single-threaded torch for one test module, restored afterwards.
+
+    On a 2-core machine that is busy with another job, torch's intra-op threads spin-wait on each other and tiny
+    models run ~30x slower; one thread keeps the small attack/backbone/data tests fast and their results stable.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- fast pipeline runs (tests/transfer, tests/training, tests/evaluation, tests/cli) --------------------------
+
+# One torch thread (see `one_thread`) and small splits: a 2-epoch run takes about a second on a busy 2-core machine.
+FAST = ("run.threads=1", "data.train_limit=64", "data.val_limit=32", "data.test_limit=32", "data.batch_size=32",
+        "data.eval_batch_size=32")
+
+
+@pytest.fixture(scope="session")
+def fast_cfg():
+    """Like `tiny_cfg`, plus FAST; session-scoped so module/session fixtures can build configs too."""
+
+    def make(overrides: list[str] = ()):
+        return load_config(data=TINY, overrides=[*FAST, *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def finished_run(fast_cfg, tmp_path_factory):
+    """One finished 2-epoch full-finetune run shared by read-only tests: (run_dir, results dict, config)."""
+    from pathlib import Path
+
+    from roli.training.pipeline import run
+
+    before = torch.get_num_threads()
+    cfg = fast_cfg()
+    results = run(cfg, out=tmp_path_factory.mktemp("finished"), name="shared")
+    torch.set_num_threads(before)
+    return Path(results["run_dir"]), results, cfg

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -140,9 +141,14 @@ class TrainConfig:
         _check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be > 0 or null")
 
 
-def _stage1_default() -> TrainConfig:
-    # Adversarial linear probing: SGD as in the reference's linear recipes.
-    return TrainConfig(optimizer="sgd", lr=0.05, weight_decay=0.0, epochs=5, warmup_epochs=0.0)
+@dataclass(frozen=True, kw_only=True)
+class Stage1Config(TrainConfig):
+    """RoLI stage 1, adversarial linear probing: TrainConfig with SGD defaults as in the reference's linear recipes."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -174,7 +180,7 @@ class Config:
     attack: AttackConfig = field(default_factory=AttackConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    stage1: TrainConfig = field(default_factory=_stage1_default)  # RoLI stage 1 (adversarial linear probing)
+    stage1: Stage1Config = field(default_factory=Stage1Config)  # RoLI stage 1 (adversarial linear probing)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)
 
@@ -227,13 +233,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str) and (m := _FRACTION.match(value)):
+        if isinstance(value, str):  # "8/255", and "1e-3" (which YAML 1.1 reads as a string)
+            m = _FRACTION.match(value)
             try:
-                return float(m.group(1)) / float(m.group(2))
+                return float(m.group(1)) / float(m.group(2)) if m else float(value)
             except (ValueError, ZeroDivisionError):
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number (or a fraction like 8/255), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number (or a fraction like 8/255), got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -282,9 +289,11 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe; `base: other.yaml` (relative to this file) is loaded first and overridden."""
     path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: `base:` includes form a cycle: {' -> '.join(map(str, (*_seen, path.resolve())))}")
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     try:
@@ -295,7 +304,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     if "base" in data:
         base = data.pop("base")
-        data = _deep_merge(read_yaml(path.parent / base), data)
+        data = _deep_merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
     return data
 
 

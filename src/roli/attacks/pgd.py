@@ -36,15 +36,16 @@ class PGD(Attack):
         ball = make_ball(cfg.norm, cfg.eps)
         loss_fn = LOSSES[cfg.loss]
         best_x = x.clone()
-        best_score = torch.full((x.shape[0],), float("-inf"), device=x.device)
+        best_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
 
         def keep(x_cand: torch.Tensor, logits: torch.Tensor) -> None:
-            # Score: misclassified first (AutoAttack's worst case), then loss.
+            # Misclassified first (AutoAttack's worst case), then the higher loss.
             loss = loss_fn(logits.detach().float(), y)
-            score = loss + (logits.argmax(1) != y).float() * 1e6
-            better = score > best_score
+            wrong = logits.argmax(1) != y
+            better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
             best_x[better] = x_cand[better].detach()
-            best_score[better] = score[better]
+            best_wrong[better], best_loss[better] = wrong[better], loss[better]
 
         for _ in range(cfg.restarts):
             x_adv = ball.random_init(x) if cfg.random_start else x.clone()

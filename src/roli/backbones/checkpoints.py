@@ -26,6 +26,8 @@ def load_file(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
+            raise CheckpointError(f"{path} is not a torch checkpoint (corrupt, or e.g. a saved HTML page): {e}") from None
         raise CheckpointError(
             f"{path} cannot be loaded with weights_only=True (it needs code to unpickle: {str(e).splitlines()[0]}). "
             "roli does not run code from checkpoints; re-save it as a plain state_dict with torch.save(model.state_dict())"
@@ -74,6 +76,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; keep the user's usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -39,8 +39,11 @@ def _run(a: argparse.Namespace) -> int:
 def _eval(a: argparse.Namespace) -> int:
     from roli.evaluation.checkpoint import evaluate_checkpoint
 
-    result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=a.eps,
-                                 steps=a.steps, step_size=a.step_size, limit=a.limit, data_root=a.data_root)
+    import yaml
+
+    number = (lambda v: None if v is None else yaml.safe_load(v))  # "0.05" -> 0.05; "8/255" stays a fraction
+    result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
+                                 steps=a.steps, step_size=number(a.step_size), limit=a.limit, data_root=a.data_root)
     text = json.dumps(result, indent=2)
     print(text)
     out = Path(a.output) if a.output else Path(a.checkpoint).with_name(f"eval-{result['data']['name']}-{a.split}.json")

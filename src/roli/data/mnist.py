@@ -41,6 +41,10 @@ def read_idx_folder(root: str) -> dict[str, np.ndarray]:
         if not found:
             raise DataError(f"{folder} has no {stem}[.gz]; expected the official idx files {list(IDX.values())}")
         out[key] = read_idx(found[0])
+    for part in ("train", "test"):
+        if len(out[f"x_{part}"]) != len(out[f"y_{part}"]):
+            raise DataError(f"{folder}: {IDX['x_' + part]} has {len(out['x_' + part])} images but "
+                            f"{IDX['y_' + part]} has {len(out['y_' + part])} labels; re-download the dataset")
     return out
 
 

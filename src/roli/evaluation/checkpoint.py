@@ -39,7 +39,8 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     atk_cfg = from_dict(type(cfg.attack), {**to_dict(cfg.eval_attack()), **overrides}, "eval attack")
     data_over = {"name": data or cfg.data.name, "root": data_root if data_root is not None else
                  (cfg.data.root if data in (None, cfg.data.name) else None)}
-    data_cfg = dataclasses.replace(cfg.data, **data_over, **{f"{split}_limit": limit})
+    limits = {f"{split}_limit": limit} if limit is not None else {}  # default: the run's own limits
+    data_cfg = dataclasses.replace(cfg.data, **data_over, **limits)
     splits = build_data(data_cfg)
     if splits.num_classes != model.head.out_features:
         raise CheckpointError(f"{data_cfg.name} has {splits.num_classes} classes but the model outputs "

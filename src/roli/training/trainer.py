@@ -35,7 +35,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's key array is stored as a tensor so the checkpoint loads with weights_only=True.
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -43,7 +46,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(_tuplify(state["python"]))
-    np.random.set_state(_tuplify(state["numpy"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -91,6 +95,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         # The data order depends only on (seed, epoch), so a resumed run sees the same batches.
         loader = make_loader(splits.train, cfg.data.batch_size, shuffle=True, seed=seed * 1000 + epoch,
                              num_workers=cfg.data.num_workers)
+        lr_start = optimizer.param_groups[0]["lr"]  # the LR of the epoch's first step
         try:
             stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, train_cfg, epoch)
         except NonFiniteLoss as e:
@@ -99,7 +104,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
                 "Lower train.lr, set train.grad_clip, or check the data."
             ) from None
         val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack})
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **stats,
+        row = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"], **stats,
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}
         history.append(row)

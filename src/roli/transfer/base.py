@@ -15,6 +15,10 @@ TRANSFER: Registry[type[TransferMethod]] = Registry("transfer method")
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
+class UnsupportedBackbone(ValueError):
+    """A transfer method cannot adapt this backbone; the message names the backbones it supports."""
+
+
 class TransferMethod:
     config_cls: type[TransferConfig] = TransferConfig
 
@@ -22,6 +26,7 @@ class TransferMethod:
         self.config = config
 
     def apply(self, model: Classifier) -> Classifier:
+        self.check(model.net)
         for p in model.parameters():
             p.requires_grad_(False)
         self.inject(model.net)
@@ -31,6 +36,9 @@ class TransferMethod:
             p.requires_grad_(True)
         model.roli_method = self.config.name  # type: ignore[attr-defined]
         return model
+
+    def check(self, net: nn.Module) -> None:
+        """Raise UnsupportedBackbone (naming the supported backbones) if this method cannot adapt `net`."""
 
     def inject(self, net: nn.Module) -> None:
         """Add new modules (adapters, prompts, LoRA); nothing for methods that only unfreeze."""

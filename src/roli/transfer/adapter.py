@@ -1,0 +1,120 @@
+"""Pfeiffer bottleneck adapters after each transformer block's MLP (spec §5, "Adapter").
+
+Every module with an `.mlp` whose `fc1` is an nn.Linear (timm ViT `Block`, Swin `SwinTransformerBlock`) gets its
+MLP wrapped: `AdapterMlp` keeps the original MLP as `base_layer` (frozen) and returns
+
+    m + up(GELU(down(m))),   m = base_layer(h),   bottleneck = dim // reduction   (ViT-B: 96; Swin-B: 16..128)
+
+so the block computes x + drop_path(ls(m + adapter(m))). The reference applies drop_path before the adapter
+instead; the two agree whenever drop_path_rate is 0 (its setting for adapters).
+
+Init (`adapter_init`; the field cannot be called `init`, which already selects the head's RanLI/RoLI init):
+- "standard" (default): down = kaiming_uniform (PyTorch's Linear default), up weight and bias = 0, so the model
+  is unchanged at init and every adapter parameter gets a gradient.
+- "zero": everything zero, the reference's init (spec B2). Only `up.bias` ever receives a gradient, so each
+  adapter degenerates into one learned bias vector per block. For comparison with the reference only.
+
+Trainable: the down/up layers of every Adapter (2·dim·b + b + dim per block) plus the head.
+Backbones: timm VisionTransformer (incl. vit_tiny_28) and SwinTransformer (other timm models whose blocks have an
+`.mlp` with a Linear `fc1` are adapted the same way, untested). ResNets have no `.mlp` blocks: UnsupportedBackbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from roli.config import TransferConfig
+from roli.transfer.base import TRANSFER, TransferMethod, UnsupportedBackbone
+
+SUPPORTED = "timm VisionTransformer and SwinTransformer backbones (transformer blocks with an `.mlp`)"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig(TransferConfig):
+    name: str = "adapter"
+    reduction: int = 8  # bottleneck = block dim // reduction
+    adapter_init: Literal["standard", "zero"] = "standard"  # zero = the reference's degenerate all-zero init (B2)
+
+    def __post_init__(self) -> None:
+        if self.reduction < 1:
+            raise ValueError(f"reduction must be >= 1, got {self.reduction}")
+
+
+class Adapter(nn.Module):
+    """down (dim -> bottleneck), GELU, up (bottleneck -> dim); returns the update only (no residual)."""
+
+    def __init__(self, dim: int, bottleneck: int, init: str = "standard", device=None, dtype=None) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.up = nn.Linear(bottleneck, dim, device=device, dtype=dtype)
+        if init == "zero":
+            for p in self.parameters():
+                nn.init.zeros_(p)
+        elif init == "standard":
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+        else:
+            raise ValueError(f"unknown adapter init {init!r}; choose 'standard' or 'zero'")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(x)))
+
+
+class AdapterMlp(nn.Module):
+    """`base_layer` (a block's original MLP) followed by a residual bottleneck adapter."""
+
+    def __init__(self, base_layer: nn.Module, reduction: int = 8, init: str = "standard") -> None:
+        super().__init__()
+        dim = mlp_dim(base_layer)
+        if dim is None:
+            raise ValueError(f"{type(base_layer).__name__} has no Linear fc1/fc2 of equal in/out width to adapt")
+        if dim // reduction < 1:
+            raise ValueError(f"reduction {reduction} leaves no bottleneck for a block of width {dim}")
+        self.base_layer = base_layer
+        w = base_layer.fc1.weight
+        self.adapter = Adapter(dim, dim // reduction, init, device=w.device, dtype=w.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.base_layer(x)
+        return m + self.adapter(m)
+
+
+def mlp_dim(mlp: nn.Module) -> int | None:
+    """The block width of an MLP with a Linear fc1 (and, if present, an fc2 back to the same width)."""
+    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+    if not isinstance(fc1, nn.Linear):
+        return None
+    if fc2 is not None and getattr(fc2, "out_features", None) != fc1.in_features:
+        return None
+    return fc1.in_features
+
+
+def mlp_blocks(net: nn.Module) -> list[nn.Module]:
+    """Modules whose `.mlp` is a not-yet-adapted MLP of known width."""
+    return [m for m in net.modules() if isinstance(getattr(m, "mlp", None), nn.Module)
+            and not isinstance(m.mlp, AdapterMlp) and mlp_dim(m.mlp) is not None]
+
+
+@TRANSFER.register("adapter")
+class AdapterMethod(TransferMethod):
+    config_cls = AdapterConfig
+    config: AdapterConfig
+
+    def check(self, net: nn.Module) -> None:
+        if not mlp_blocks(net):
+            raise UnsupportedBackbone(
+                f"adapter supports {SUPPORTED}; {type(net).__name__} has no transformer blocks with an MLP"
+            )
+
+    def inject(self, net: nn.Module) -> None:
+        for block in mlp_blocks(net):
+            block.mlp = AdapterMlp(block.mlp, self.config.reduction, self.config.adapter_init)
+
+    def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        return [p for m in net.modules() if isinstance(m, Adapter) for p in m.parameters()]

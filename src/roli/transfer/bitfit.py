@@ -1,0 +1,53 @@
+"""BitFit (Ben Zaken et al., 2022): train only the bias terms (the reference's `tinytl-bias`, spec §5).
+
+The trainable set is chosen by module type, not by name: the parameter `bias` of every nn.Linear, nn.Conv1d/2d/3d,
+LayerNorm, BatchNorm and GroupNorm module (timm subclasses such as LayerNorm2d or BatchNormAct2d included), plus
+the head. Other parameters with "bias" in their name are not biases of a layer and stay frozen by default:
+- `relative_position_bias_table` (Swin's attention position table) is trained only with
+  `include_rel_pos_bias: true`. The reference trains it because it selects parameters by the substring 'bias'
+  (spec B9); the option reproduces that.
+- separate q/v bias parameters (BEiT, Swin-V2) and nn.MultiheadAttention's in_proj_bias are not included.
+
+Backbones: any. ViT: every Linear/LayerNorm bias and the patch-embed conv bias; Swin: the same (+ the position
+tables with the option); ResNet: the BatchNorm biases (its convs have none) and the fc head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from roli.config import TransferConfig
+from roli.transfer.base import _NORMS, TRANSFER, TransferMethod
+
+BIAS_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_NORMS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BitFitConfig(TransferConfig):
+    name: str = "bitfit"
+    include_rel_pos_bias: bool = False  # also train Swin's relative_position_bias_table (the reference, B9)
+
+
+def layer_biases(net: nn.Module) -> list[nn.Parameter]:
+    return [m.bias for m in net.modules()
+            if isinstance(m, BIAS_MODULES) and isinstance(getattr(m, "bias", None), nn.Parameter)]
+
+
+def relative_position_tables(net: nn.Module) -> list[nn.Parameter]:
+    return [m.relative_position_bias_table for m in net.modules()
+            if isinstance(getattr(m, "relative_position_bias_table", None), nn.Parameter)]
+
+
+@TRANSFER.register("bitfit")
+class BitFit(TransferMethod):
+    config_cls = BitFitConfig
+    config: BitFitConfig
+
+    def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        params = layer_biases(net)
+        if self.config.include_rel_pos_bias:
+            params += relative_position_tables(net)
+        return params

@@ -1,0 +1,133 @@
+"""Visual prompt tuning (Jia et al., 2022): `vpt_deep` and `vpt_shallow` for timm VisionTransformer.
+
+`num_tokens` learnable prompt tokens are inserted after the prefix tokens (class and any register tokens) and
+before the patch tokens:
+- vpt_shallow: one prompt (1, T, dim), inserted before block 0; it then flows through every block.
+- vpt_deep: one prompt per block; block 0 inserts its prompt, every later block *replaces* the previous block's
+  prompt outputs by its own (spec §5: 12·T·768 parameters on ViT-B).
+After the last block the prompt tokens are removed, so the final norm, the pooling (token or avg) and the output
+shape are exactly those of the unprompted model.
+
+This is done by wrapping blocks (`PromptedBlock`, the original block kept as `base_layer`); timm's
+`VisionTransformer.forward` is used unchanged. `forward_intermediates` of a prompted model returns the prompt
+tokens in intermediate layers (and is not supported for that reason).
+
+Init: uniform(-v, v), v = sqrt(6 / (in_chans·patch_h·patch_w + dim)), the VPT reference's xavier-like init
+(it writes 3·patch² for RGB; here in_chans is the backbone's, e.g. 1 for vit_tiny_28). Prompt dropout (default
+0.1) is active in train mode only, as in the reference.
+
+Trainable: the prompts (deep: depth·T·dim, shallow: T·dim) plus the head.
+Backbones: timm VisionTransformer only (incl. vit_tiny_28). Swin VPT (prompts added to every window's attention,
+tiled at patch merging) is not implemented; Swin, ResNet and others raise UnsupportedBackbone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from roli.config import TransferConfig
+from roli.transfer.base import TRANSFER, TransferMethod, UnsupportedBackbone
+
+SUPPORTED = "timm VisionTransformer backbones (e.g. vit_tiny_28, vit_base_patch16_224); Swin VPT is not implemented"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptConfig(TransferConfig):
+    name: str = "vpt_deep"
+    num_tokens: int = 10  # prompt tokens T (per block for vpt_deep)
+    dropout: float = 0.1  # dropout on the prompt tokens, train mode only
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShallowPromptConfig(PromptConfig):
+    name: str = "vpt_shallow"
+
+
+class PromptedBlock(nn.Module):
+    """A ViT block (`base_layer`) that inserts or replaces prompt tokens before it and/or removes them after it."""
+
+    def __init__(self, base_layer: nn.Module, num_prefix_tokens: int, num_tokens: int,
+                 prompt: nn.Parameter | None, replace: bool, remove: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.num_prefix_tokens = num_prefix_tokens
+        self.num_tokens = num_tokens
+        self.register_parameter("prompt", prompt)  # (1, T, dim), or None: this block only removes the prompts
+        self.replace = replace  # the input already holds T prompt tokens to be replaced (deep, block > 0)
+        self.remove = remove  # drop the prompt tokens after the block (last block)
+        self.prompt_dropout = nn.Dropout(dropout) if prompt is not None and dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        n, t = self.num_prefix_tokens, self.num_tokens
+        if self.prompt is not None:
+            p = self.prompt_dropout(self.prompt.expand(x.shape[0], -1, -1).to(x.dtype))
+            rest = x[:, n + t:] if self.replace else x[:, n:]
+            x = torch.cat([x[:, :n], p, rest], dim=1)
+        x = self.base_layer(x, *args, **kwargs)
+        if self.remove:
+            x = torch.cat([x[:, :n], x[:, n + t:]], dim=1)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"prompt={None if self.prompt is None else tuple(self.prompt.shape)}, replace={self.replace}, " \
+               f"remove={self.remove}"
+
+
+def init_prompt(net: VisionTransformer, num_tokens: int) -> nn.Parameter:
+    proj = net.patch_embed.proj
+    patch_area = math.prod(net.patch_embed.patch_size)
+    val = math.sqrt(6.0 / float(proj.in_channels * patch_area + net.embed_dim))
+    prompt = torch.empty(1, num_tokens, net.embed_dim, device=proj.weight.device, dtype=proj.weight.dtype)
+    return nn.Parameter(nn.init.uniform_(prompt, -val, val))
+
+
+class _VPT(TransferMethod):
+    config_cls = PromptConfig
+    config: PromptConfig
+    deep: bool
+
+    def check(self, net: nn.Module) -> None:
+        if not isinstance(net, VisionTransformer):
+            raise UnsupportedBackbone(f"{self.config.name} supports {SUPPORTED}; got {type(net).__name__}")
+        if not isinstance(net.blocks, nn.Sequential) or len(net.blocks) == 0:
+            raise UnsupportedBackbone(f"{self.config.name}: expected ViT blocks in an nn.Sequential")
+        if any(isinstance(b, PromptedBlock) for b in net.blocks):
+            raise UnsupportedBackbone(f"{self.config.name}: this ViT already has prompts")
+
+    def inject(self, net: nn.Module) -> None:
+        c, last = self.config, len(net.blocks) - 1
+        for i, block in enumerate(net.blocks):
+            has_prompt = i == 0 or self.deep
+            if not has_prompt and i != last:
+                continue
+            net.blocks[i] = PromptedBlock(
+                block, net.num_prefix_tokens, c.num_tokens,
+                prompt=init_prompt(net, c.num_tokens) if has_prompt else None,
+                replace=self.deep and i > 0, remove=i == last, dropout=c.dropout,
+            )
+
+    def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        return [m.prompt for m in net.modules() if isinstance(m, PromptedBlock) and m.prompt is not None]
+
+
+@TRANSFER.register("vpt_deep")
+class VPTDeep(_VPT):
+    deep = True
+
+
+@TRANSFER.register("vpt_shallow")
+class VPTShallow(_VPT):
+    config_cls = ShallowPromptConfig
+    deep = False

@@ -1,0 +1,130 @@
+"""roli.backbones.factory: building roli and timm backbones with normalisation inside, never downloading."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from roli.backbones import BACKBONES, BackboneError, build_model, create_backbone
+from roli.backbones.checkpoints import CheckpointError
+from roli.backbones.normalize import Classifier, PixelNormalize
+from roli.config import BackboneConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def x():
+    return torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+def test_vit_tiny_28_output_shape(x):
+    model = create_backbone("vit_tiny_28", num_classes=5)
+    assert isinstance(model, Classifier)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (3, 5)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert isinstance(model.head, nn.Linear) and model.head.out_features == 5
+    assert model.net.roli_classifier == "head"
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.2e6  # "0.8 M parameters"
+
+
+def test_vit_tiny_28_default_classes():
+    assert create_backbone("vit_tiny_28").head.out_features == 10
+
+
+def test_normalisation_is_inside_the_model(x):
+    model = create_backbone("vit_tiny_28", num_classes=5).eval()
+    norm = model.normalize
+    assert isinstance(norm, PixelNormalize)
+    torch.testing.assert_close(norm.mean.flatten(), torch.tensor([0.2860]))
+    torch.testing.assert_close(norm.std.flatten(), torch.tensor([0.3530]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net((x - 0.2860) / 0.3530), rtol=1e-5, atol=1e-5)
+        # the raw network sees normalised pixels: feeding it [0,1] pixels directly gives another answer
+        assert not torch.allclose(model(x), model.net(x), atol=1e-3)
+    # the statistics are buffers: saved with the model, moved with .to(), never trained
+    assert {"normalize.mean", "normalize.std"} <= set(model.state_dict())
+    assert all(not n.startswith("normalize.") for n, _ in model.named_parameters())
+
+
+def test_custom_mean_std_and_resize(x):
+    model = create_backbone("vit_tiny_28", num_classes=2, mean=(0.5,), std=(0.25,)).eval()
+    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor([0.5]))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.net((x - 0.5) / 0.25), rtol=1e-5, atol=1e-5)
+        big = torch.nn.functional.interpolate(x, size=(56, 56), mode="bilinear", align_corners=False)
+        resized = create_backbone("vit_tiny_28", num_classes=2, input_size=28).eval()
+        assert resized(big).shape == (3, 2)  # 56x56 input resized to the model's 28x28 inside the model
+
+
+def test_drop_rates_reach_the_network():
+    model = create_backbone("vit_tiny_28", num_classes=3, drop_rate=0.25, drop_path_rate=0.1)
+    dropouts = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert 0.25 in dropouts
+    drop_paths = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert drop_paths and max(drop_paths) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
+def test_timm_architecture_by_name(x, name):
+    assert timm.is_model(name) and name not in BACKBONES
+    fields = {"input_size": 160} if name == "test_vit" else {}  # a ViT needs its own resolution
+    model = create_backbone(name, num_classes=3, **fields).eval()
+    with torch.no_grad():
+        out = model(x)  # gray 28x28 [0,1] pixels: expanded to 3 channels (and resized) inside the model
+    assert out.shape == (3, 3)
+    assert torch.isfinite(out).all()
+    assert model.normalize.mean.numel() == 3  # timm's own (ImageNet) statistics
+    torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(model.net.pretrained_cfg["mean"]))
+    assert model.head.out_features == 3
+    expected_head = "fc" if name == "test_resnet" else "head"
+    assert model.net.roli_classifier == expected_head
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"pretrained": True},
+        {"checkpoint": "hf-hub:timm/vit_base_patch16_224.augreg_in21k"},
+        {"checkpoint": "https://example.com/weights.pth"},
+        {"checkpoint": "timm/resnet18.a1_in1k"},
+    ],
+)
+@pytest.mark.parametrize("name", ["vit_tiny_28", "resnet50"])
+def test_downloads_refused_immediately(name, fields):
+    t0 = time.perf_counter()
+    with pytest.raises(BackboneError) as info:
+        build_model(BackboneConfig(name=name, **fields), num_classes=10)
+    assert time.perf_counter() - t0 < 5
+    msg = str(info.value)
+    assert "backbone.checkpoint" in msg
+    assert "never downloads" in msg
+
+
+def test_unknown_backbone_lists_roli_backbones():
+    with pytest.raises(BackboneError) as info:
+        create_backbone("vit_enormous_9000", num_classes=2)
+    msg = str(info.value)
+    assert "'vit_enormous_9000'" in msg
+    assert str(BACKBONES.names()) in msg
+    assert "vit_tiny_28" in msg and "timm" in msg
+
+
+def test_missing_local_checkpoint_is_a_checkpoint_error(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        create_backbone("vit_tiny_28", checkpoint=str(missing), num_classes=2)
+
+
+def test_bad_field_values_are_rejected():
+    with pytest.raises(ValueError, match="drop rates"):
+        create_backbone("vit_tiny_28", drop_rate=1.5)
+    with pytest.raises(TypeError):
+        create_backbone("vit_tiny_28", not_a_field=1)

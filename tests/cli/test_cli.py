@@ -1,0 +1,172 @@
+"""The `roli` command, called in-process through roli.cli.main.main (plus one real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from roli.attacks import ATTACKS
+from roli.backbones import BACKBONES
+from roli.cli.main import main
+from roli.config import dump_config
+from roli.data import DATASETS
+from roli.evaluation.checkpoint import load_model
+from roli.transfer import TRANSFER
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_list_prints_every_registered_name(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for registry in (BACKBONES, DATASETS, TRANSFER, ATTACKS):
+        for name in registry.names():
+            assert name in out, name
+    assert "transfer methods:" in out and "attacks:" in out
+    assert "eps: float = 0.03137" in out  # method/attack fields are listed with their defaults
+
+
+@pytest.fixture
+def recipe(fast_cfg, tmp_path) -> Path:
+    """A complete, valid tiny recipe file (1 epoch)."""
+    path = tmp_path / "tiny.yaml"
+    dump_config(fast_cfg(["train.epochs=1"]), path)
+    return path
+
+
+def _bad_key(recipe: Path) -> list[str]:
+    data = yaml.safe_load(recipe.read_text())
+    data["train"]["learning_rate"] = 0.1
+    recipe.write_text(yaml.safe_dump(data))
+    return [str(recipe)]
+
+
+@pytest.mark.parametrize("case, args, expected", [
+    ("unknown key", _bad_key, ["train", "learning_rate", "valid keys"]),
+    ("bad value", lambda r: [str(r), "--set", "train.optimizer=adam"], ["train.optimizer", "adam", "adamw"]),
+    ("bad number", lambda r: [str(r), "--set", "attack.eps=-1"], ["eps must be >= 0"]),
+    ("missing file", lambda r: [str(r.with_name("nope.yaml"))], ["nope.yaml", "not found"]),
+])
+def test_run_with_a_bad_recipe_exits_2_and_names_the_key(recipe, tmp_path, capsys, case, args, expected):
+    out = tmp_path / "runs"
+    assert main(["run", *args(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("roli run: error:")
+    for word in expected:
+        assert word in err, (case, word, err)
+    assert not out.exists() or not any(out.iterdir())  # nothing trained
+
+
+def test_run_end_to_end_writes_the_run_and_the_report(recipe, tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["run", str(recipe), "--set", "train.epochs=2", "attack.steps=1", "--out", str(out)])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    run_dir = out / "tiny"  # named after the recipe file
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "complete" and res["recipe"] == str(recipe)
+    assert len(res["history"]) == 2 and res["config"]["attack"]["steps"] == 1  # --set applied
+    assert (out / "report.md").is_file() and (out / "report.csv").is_file()
+    report = (out / "report.md").read_text()
+    assert "| tiny |" in report and f"{res['test']['clean']:.2f}" in report
+    assert "# roli report" in stdout and f"report: {out / 'report.md'}" in stdout
+
+
+def test_run_needs_a_recipe(capsys):
+    with pytest.raises(SystemExit, match="at least one recipe"):
+        main(["run"])
+
+
+def test_eval_prints_json(finished_run, tmp_path, capsys):
+    run_dir, res, cfg = finished_run
+    output = tmp_path / "eval.json"
+    rc = main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--limit", str(cfg.data.test_limit),
+               "--output", str(output)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(output.read_text())
+    assert set(printed["results"]) == {"clean", "pgd"}
+    assert printed["results"]["clean"]["acc"] == res["test"]["clean"]
+    assert printed["results"]["clean"]["n"] == 32
+    assert printed["attack"]["eps"] == 0.1 and printed["checkpoint"] == str(run_dir / "best.pt")
+
+
+def test_eval_writes_beside_the_checkpoint_without_overwriting(finished_run, tmp_path, capsys):
+    run_dir, _, _ = finished_run
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(run_dir / "best.pt", ckpt)
+    assert main(["eval", "--checkpoint", str(ckpt), "--limit", "8", "--eps", "8/255"]) == 0
+    first = tmp_path / "eval-synthetic-test.json"
+    assert json.loads(first.read_text())["attack"]["eps"] == pytest.approx(8 / 255)
+    before = first.read_bytes()
+    assert main(["eval", "--checkpoint", str(ckpt), "--limit", "8"]) == 0
+    assert first.read_bytes() == before
+    assert len(list(tmp_path.glob("eval-synthetic-test*.json"))) == 2
+
+
+def test_eval_accepts_a_decimal_eps(finished_run, tmp_path, capsys):
+    run_dir, _, _ = finished_run
+    rc = main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--limit", "8", "--eps", "0.05",
+               "--step-size", "0.01", "--output", str(tmp_path / "e.json")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "e.json").read_text())["attack"]["eps"] == 0.05
+
+
+def test_eval_of_a_non_roli_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(1)}, path)
+    assert main(["eval", "--checkpoint", str(path)]) == 2
+    assert "not a roli checkpoint" in capsys.readouterr().err
+
+
+def test_export_writes_a_loadable_file_and_refuses_to_overwrite(finished_run, tmp_path, capsys):
+    run_dir, res, _ = finished_run
+    target = tmp_path / "exported.pt"
+    assert main(["export", str(run_dir), str(target)]) == 0
+    assert f"epoch {res['selected_epoch']}" in capsys.readouterr().out
+    model, _ = load_model(str(target))
+    best, _ = load_model(str(run_dir / "best.pt"))
+    assert all(torch.equal(v, best.state_dict()[k]) for k, v in model.state_dict().items())
+
+    before = target.read_bytes()
+    assert main(["export", str(run_dir), str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and str(target) in err
+    assert target.read_bytes() == before
+
+    other = tmp_path / "mine.pt"
+    other.write_bytes(b"precious")
+    assert main(["export", str(run_dir), str(other)]) == 2
+    assert other.read_bytes() == b"precious"
+
+
+def test_report_command(finished_run, tmp_path, capsys):
+    run_dir, res, _ = finished_run
+    assert main(["report", str(run_dir.parent), "--out", str(tmp_path)]) == 0
+    assert "| shared |" in capsys.readouterr().out
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report_scatter.png").is_file()
+    with pytest.raises(SystemExit, match="no results.json"):
+        main(["report", str(tmp_path / "empty")])
+
+
+def test_run_resume_of_a_finished_run(finished_run, tmp_path, capsys):
+    run_dir, res, _ = finished_run
+    copy = tmp_path / "shared"
+    shutil.copytree(run_dir, copy)
+    assert main(["run", "--resume", str(copy)]) == 0, capsys.readouterr().err
+    again = json.loads((copy / "results.json").read_text())
+    assert again["history"] == res["history"] and again["test"]["clean"] == res["test"]["clean"]
+
+
+def test_roli_help_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "roli", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for cmd in ("run", "eval", "list", "report", "export"):
+        assert cmd in proc.stdout

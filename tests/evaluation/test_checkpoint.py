@@ -1,0 +1,64 @@
+"""evaluate_checkpoint: a best.pt is rebuilt from the config stored inside it and scores as the run did."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from roli.backbones.checkpoints import CheckpointError, load_file
+from roli.evaluation.checkpoint import evaluate_checkpoint, load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_load_model_rebuilds_the_best_weights(finished_run):
+    run_dir, _, cfg = finished_run
+    model, loaded_cfg = load_model(str(run_dir / "best.pt"))
+    assert loaded_cfg == cfg
+    assert not model.training
+    best = load_file(run_dir / "best.pt")["model"]
+    state = model.state_dict()
+    assert state.keys() == best.keys()
+    assert all(torch.equal(state[k], best[k]) for k in best)
+
+
+def test_clean_accuracy_matches_results_json(finished_run):
+    run_dir, res, cfg = finished_run
+    out = evaluate_checkpoint(str(run_dir / "best.pt"), limit=cfg.data.test_limit)
+    clean = out["results"]["clean"]
+    assert clean["n"] == res["test"]["n"] == 32
+    assert clean["acc"] == res["test"]["clean"]
+    assert out["attack"]["eps"] == cfg.attack.eps and out["attack"]["steps"] == cfg.eval.attack_steps
+    assert out["data"]["split"] == "test" and out["data"]["name"] == "synthetic"
+
+
+def test_default_evaluation_uses_the_runs_test_set(finished_run):
+    run_dir, res, _ = finished_run
+    out = evaluate_checkpoint(str(run_dir / "best.pt"))
+    assert out["results"]["clean"]["n"] == res["test"]["n"]
+    assert out["results"]["clean"]["acc"] == res["test"]["clean"]
+
+
+def test_eps_zero_attack_equals_clean(finished_run):
+    run_dir, _, cfg = finished_run
+    out = evaluate_checkpoint(str(run_dir / "best.pt"), eps=0, steps=5, limit=cfg.data.test_limit)
+    r = out["results"]
+    assert out["attack"]["eps"] == 0.0 and out["attack"]["steps"] == 5
+    assert r["pgd"]["n"] == r["clean"]["n"] == 32
+    assert r["pgd"]["acc"] == r["clean"]["acc"]
+
+
+def test_large_eps_does_not_raise_accuracy(finished_run):
+    run_dir, _, cfg = finished_run
+    out = evaluate_checkpoint(str(run_dir / "best.pt"), eps="1/2", steps=5, step_size="1/10", split="val")
+    r = out["results"]
+    assert out["attack"]["eps"] == 0.5 and out["data"]["split"] == "val"
+    assert r["clean"]["n"] == r["pgd"]["n"] > 0
+    assert r["pgd"]["acc"] <= r["clean"]["acc"]
+
+
+def test_non_roli_file_is_refused(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a roli checkpoint"):
+        evaluate_checkpoint(str(path))
