@@ -128,3 +128,19 @@ def test_bad_field_values_are_rejected():
         create_backbone("vit_tiny_28", drop_rate=1.5)
     with pytest.raises(TypeError):
         create_backbone("vit_tiny_28", not_a_field=1)
+
+
+def test_shipped_backbones_load_their_own_weights():
+    def backbone_state(name: str, seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(seed)
+        sd = create_backbone(name, num_classes=3).net.state_dict()
+        return {k: v for k, v in sd.items() if not k.startswith("head.")}
+
+    robust = backbone_state("vit_tiny_28_fmnist_robust", 1)
+    again = backbone_state("vit_tiny_28_fmnist_robust", 2)  # another seed: the loaded weights do not move
+    standard = backbone_state("vit_tiny_28_fmnist_standard", 1)
+    random = backbone_state("vit_tiny_28", 1)
+    assert robust.keys() == standard.keys() == random.keys()
+    assert all(torch.equal(v, again[k]) for k, v in robust.items())
+    assert not torch.equal(robust["pos_embed"], random["pos_embed"])  # weights really came from the file
+    assert not torch.equal(robust["blocks.0.attn.qkv.weight"], standard["blocks.0.attn.qkv.weight"])

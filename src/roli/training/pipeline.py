@@ -132,8 +132,16 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
                   "selected_epoch": s1_res["selected_epoch"], "val": s1_res["best_val"], "test": s1_res["test"]}
     if run_dir is None:
         run_dir = new_run_dir(out, name or cfg.run.name or f"{cfg.transfer.name}-{cfg.transfer.init}")
-    dump_config(cfg, run_dir / "config.yaml") if resume is None else None
-    return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
+    if resume is None:
+        dump_config(cfg, run_dir / "config.yaml")
+    handler = logging.FileHandler(run_dir / "train.log")  # the run's own log, appended to on resume
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("roli").addHandler(handler)
+    try:
+        return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
+    finally:
+        logging.getLogger("roli").removeHandler(handler)
+        handler.close()
 
 
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
