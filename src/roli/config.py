@@ -236,7 +236,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, str):  # "8/255", and "1e-3" (which YAML 1.1 reads as a string)
             m = _FRACTION.match(value)
             try:
-                return float(m.group(1)) / float(m.group(2)) if m else float(value)
+                value = float(m.group(1)) / float(m.group(2)) if m else float(value)
             except (ValueError, ZeroDivisionError):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

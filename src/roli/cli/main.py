@@ -54,10 +54,16 @@ def _eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) is typing.Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
 def _fields(cls) -> str:
     hints = typing.get_type_hints(cls)
-    return ", ".join(f"{f.name}: {getattr(hints[f.name], '__name__', str(hints[f.name]))} = {f.default!r}"
-                     for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING)
+    return ", ".join(f"{f.name}: {_type_name(hints[f.name])} = {f.default!r}"
+                     for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING and f.name != "name")
 
 
 def _list(a: argparse.Namespace) -> int:

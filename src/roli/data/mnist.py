@@ -26,7 +26,7 @@ def read_idx(path: Path) -> np.ndarray:
             data = f.read()
         ndim = data[3]
         shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
     except (OSError, EOFError, ValueError, IndexError) as e:
         raise DataError(f"{path}: not a readable idx file ({e}); re-download the dataset") from None
 
