@@ -14,12 +14,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e '.[test]'
+	# test-only reference attacks; --no-deps because torchattacks' metadata pins requests~=2.25.1 (see pyproject)
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# The embedded default: robust tiny ViT (Fashion-MNIST PGD-AT) -> MNIST; linear probe, full finetune RanLI / RoLI.
-DEMO_RECIPES := recipes/tiny/mnist_linear_ranli.yaml recipes/tiny/mnist_full_ranli.yaml recipes/tiny/mnist_full_roli.yaml
+# The embedded default: robust tiny ViT (Fashion-MNIST PGD-AT) -> MNIST; six methods x {RanLI, RoLI} (VPT RanLI only,
+# as in the paper). The linear probe runs first: it is also the RoLI stage 1 that every *_roli recipe reuses.
+DEMO_RECIPES := $(addprefix recipes/tiny/mnist_,linear_ranli.yaml full_ranli.yaml full_roli.yaml lora_ranli.yaml \
+	lora_roli.yaml adapter_ranli.yaml adapter_roli.yaml bitfit_ranli.yaml bitfit_roli.yaml vpt_deep_ranli.yaml)
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 demo: $(STAMP)

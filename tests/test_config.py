@@ -284,6 +284,21 @@ def test_base_cycle_is_a_config_error(tmp_path):
         load_config(tmp_path / "self.yaml")
 
 
+def test_base_list_merges_in_order(tmp_path):
+    """`base: [method.yaml, dataset.yaml]` (the paper recipes): later bases win, the file itself wins over all."""
+    write(tmp_path, "base: common.yaml\ntransfer: {name: lora}\ntrain: {lr: 0.1, epochs: 2}\n", "method.yaml")
+    write(tmp_path, "data: {batch_size: 64}\ntrain: {epochs: 3}\n", "common.yaml")
+    write(tmp_path, "data: {name: fashion_mnist}\ntrain: {epochs: 9, warmup_epochs: 1}\n", "dataset.yaml")
+    cell = write(tmp_path, "base: [method.yaml, dataset.yaml]\ntrain: {lr: 0.5}\n", "cell.yaml")
+    cfg = load_config(cell)
+    assert cfg.transfer.name == "lora" and cfg.data.name == "fashion_mnist" and cfg.data.batch_size == 64
+    assert (cfg.train.epochs, cfg.train.lr, cfg.train.warmup_epochs) == (9, 0.5, 1.0)
+    assert "list of file names" in load_error(write(tmp_path, "base: [1, 2]\n", "bad.yaml"))
+    # the same file twice along different branches (a diamond) is not a cycle
+    write(tmp_path, "base: common.yaml\n", "other.yaml")
+    assert load_config(write(tmp_path, "base: [method.yaml, other.yaml]\n", "diamond.yaml")).data.batch_size == 64
+
+
 def test_base_errors_are_still_type_checked(tmp_path):
     write(tmp_path, "train: {epochs: '2'}\n", "b.yaml")
     assert "train.epochs: expected an integer" in load_error(write(tmp_path, "base: b.yaml\n"))

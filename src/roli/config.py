@@ -39,11 +39,26 @@ class BackboneConfig:
     input_size: int | None = None  # resize inside the model, so perturbations live at the data's resolution
     drop_rate: float = 0.0  # the same for every method (spec B8)
     drop_path_rate: float = 0.0
-    mean: tuple[float, ...] | None = None  # None = the architecture's own normalisation
+    mean: tuple[float, ...] | None = None  # None = the checkpoint's / known table's / architecture's own
     std: tuple[float, ...] | None = None
+    # How the checkpoint's keys map onto the timm architecture (roli.backbones.convert.CONVERTERS): auto | timm |
+    # timm_swin_legacy | ms_swin | ares | torchvision_vit | madry. auto detects the format from the keys.
+    format: str = "auto"
+    # Extra [regex, replacement] rules applied to every key after `format` (re.sub; an empty result drops the key).
+    key_map: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         _check(0 <= self.drop_rate < 1 and 0 <= self.drop_path_rate < 1, "drop rates must be in [0, 1)")
+        for pattern, _ in self.key_map:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"key_map: {pattern!r} is not a valid regular expression ({e})") from None
+        if self.format != "auto":
+            from roli.backbones.convert import CONVERTERS  # lazy: the registry lives with the converters
+
+            _check(self.format in CONVERTERS, f"format {self.format!r} is unknown; choose auto or one of "
+                                              f"{CONVERTERS.names()}")
         _check((self.mean is None) == (self.std is None), "give both mean and std, or neither")
         _check(self.std is None or all(s > 0 for s in self.std), "std must be > 0")
         _check(self.input_size is None or self.input_size > 0, "input_size must be > 0")
@@ -61,9 +76,17 @@ class DataConfig:
     train_limit: int | None = None  # use only the first N examples of a split (after the seeded carve)
     val_limit: int | None = None
     test_limit: int | None = None
+    # Image-folder datasets (Caltech-256, CUB-200, Stanford Dogs, image_folder): the reference's JSON split (a folder
+    # with train.json/val.json/test.json, or one file with those three keys; each maps image path -> label).
+    # None = the dataset's official split and the paper's per-class sizes, carved with `split_seed`.
+    split_file: str | None = None
+    skip_corrupt: bool = False  # skip unreadable images (counted in results.json) instead of stopping
+    resize_size: int = 256  # train: Resize(resize_size) -> RandomCrop(crop_size) -> flip; eval: Resize -> CenterCrop
+    crop_size: int = 224
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
+        _check(self.crop_size >= 1 and self.resize_size >= self.crop_size, "need 1 <= crop_size <= resize_size")
         _check(self.num_workers >= 0, "num_workers must be >= 0")
         _check(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)")
         for k in ("train_limit", "val_limit", "test_limit"):
@@ -303,8 +326,16 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     if "base" in data:
-        base = data.pop("base")
-        data = _deep_merge(read_yaml(path.parent / base, (*_seen, path.resolve())), data)
+        # `base: a.yaml` or `base: [a.yaml, b.yaml]`: later bases override earlier ones, this file overrides all.
+        bases = data.pop("base")
+        if isinstance(bases, str):
+            bases = [bases]
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise ConfigError(f"{path}: `base:` must be a file name or a list of file names, got {bases!r}")
+        merged: dict[str, Any] = {}
+        for base in bases:
+            merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path.resolve())))
+        data = _deep_merge(merged, data)
     return data
 
 

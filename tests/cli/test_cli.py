@@ -170,3 +170,76 @@ def test_roli_help_subprocess():
     assert proc.returncode == 0, proc.stderr
     for cmd in ("run", "eval", "list", "report", "export"):
         assert cmd in proc.stdout
+
+
+# --------------------------------------------------------------------------- evaluation suites
+
+
+def test_eval_quick_suite_records_settings_versions_and_checks(finished_run, tmp_path, capsys):
+    run_dir, _, cfg = finished_run
+    out = tmp_path / "quick.json"
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--suite", "quick", "--limit", "16",
+                 "--output", str(out)]) == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    assert data["suite"] == "quick" and set(data["results"]) == {"clean", "pgd"}
+    pgd = data["attacks"]["pgd"]
+    assert (pgd["name"], pgd["steps"], pgd["eps"], pgd["norm"]) == ("pgd", 10, cfg.attack.eps, "linf")  # PGD-10
+    assert pgd["step_size"] == pytest.approx(cfg.attack.step_size)  # the run's step/eps ratio at the run's eps
+    for r in data["results"].values():
+        assert r["n"] == 16 and r["seconds"] >= 0 and r["images_per_s"] > 0
+    assert [c["name"] for c in data["checks"]] == ["input_range", "logits", "deterministic", "gradients",
+                                                    "ordering"]
+    assert all({"name", "passed", "message", "details"} <= set(c) for c in data["checks"])
+    assert {"roli", "torch", "timm", "numpy", "pyautoattack"} <= set(data["versions"])
+
+
+def test_eval_full_suite_with_a_custom_autoattack(finished_run, tmp_path, capsys):
+    run_dir, _, cfg = finished_run
+    ckpt = tmp_path / "best.pt"
+    shutil.copy(run_dir / "best.pt", ckpt)
+    args = ["eval", "--checkpoint", str(ckpt), "--suite", "full", "--limit", "8", "--aa", "version=custom",
+            "attacks=[apgd-ce,apgd-t]", "n_iter=5", "apgd_restarts=1"]
+    assert main(args) == 0, capsys.readouterr().err
+    data = json.loads((tmp_path / "eval-synthetic-test-full.json").read_text())
+    assert list(data["results"]) == ["clean", "fgsm", "pgd", "autoattack"]
+    aa, settings = data["results"]["autoattack"], data["attacks"]["autoattack"]
+    assert (settings["version"], settings["attacks"], settings["n_iter"]) == ("custom", ["apgd-ce", "apgd-t"], 5)
+    assert settings["eps"] == cfg.attack.eps and settings["seed"] == cfg.run.seed and settings["norm"] == "linf"
+    assert list(aa["after"]) == ["clean", "apgd-ce", "apgd-t"] and aa["after"]["clean"] == data["results"][
+        "clean"]["acc"]
+    assert aa["acc"] == aa["after"]["apgd-t"] and aa["n"] == 8 and aa["images_per_s"] > 0
+    state = list(tmp_path.glob("autoattack-synthetic-test-*.state.json"))
+    assert [str(p) for p in state] == [aa["state"]]
+    assert "ordering" in [c["name"] for c in data["checks"]]
+
+    # the finished state is reused: the same AutoAttack answer, nothing attacked again
+    assert main(args) == 0
+    again = [p for p in tmp_path.glob("eval-synthetic-test-full*.json") if p.name != "eval-synthetic-test-full.json"]
+    assert len(again) == 1  # a new file, the first one is kept
+    second = json.loads(again[0].read_text())["results"]["autoattack"]
+    assert second["resumed"] and second["after"] == aa["after"]
+
+
+def test_eval_sweep_suite(finished_run, tmp_path, capsys):
+    run_dir, _, cfg = finished_run
+    out = tmp_path / "sweep.json"
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--suite", "sweep", "--limit", "16",
+                 "--output", str(out)]) == 0, capsys.readouterr().err
+    data = json.loads(out.read_text())
+    eps = cfg.attack.eps
+    assert [p["eps"] for p in data["sweep"]] == pytest.approx([0, eps / 4, eps / 2, eps, 2 * eps, 0.5])
+    assert data["sweep"][0]["acc"] == data["results"]["clean"]["acc"]
+    names = [c["name"] for c in data["checks"]]
+    assert {"eps_monotone", "large_eps", "eps_zero_clean"} <= set(names)
+    assert next(c for c in data["checks"] if c["name"] == "eps_zero_clean")["passed"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--aa", "version=custom"], "--suite full"),
+    (["--suite", "full", "--aa", "versoin=custom"], "valid keys"),
+    (["--suite", "full", "--aa", "version=custom"], "give `attacks`"),
+])
+def test_eval_bad_autoattack_options_exit_2(finished_run, capsys, args, expected):
+    run_dir, _, _ = finished_run
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--limit", "4", *args]) == 2
+    assert expected in capsys.readouterr().err

@@ -119,7 +119,7 @@ def test_unknown_split_and_dataset(mnist):
     with pytest.raises(DataError, match="train, val or test"):
         mnist.split("validation")
     with pytest.raises(KeyError, match="mnist"):
-        build("cifar10")
+        build("imagenet21k")  # not registered: the error lists the registered names
 
 
 def test_synthetic_dataset():

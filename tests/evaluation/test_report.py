@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from roli.evaluation.checks import check_ordering
 from roli.evaluation.report import collect, write_report
 from roli.training.pipeline import run
 
@@ -92,3 +93,61 @@ def test_report_is_regenerated(two_runs, tmp_path):
     write_report(tmp_path, [runs[1][0]])
     with open(tmp_path / "report.csv", newline="") as f:
         assert [r["run"] for r in csv.DictReader(f)] == ["lp"]
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(finished_run, tmp_path_factory):
+    """A copy of the shared run with `roli eval` full (custom, cheap AutoAttack) and sweep JSONs beside best.pt."""
+    from roli.cli.main import main
+
+    shared_dir, _, _ = finished_run
+    run_dir = tmp_path_factory.mktemp("evaluated") / "shared"
+    shutil.copytree(shared_dir, run_dir)
+    ckpt = str(run_dir / "best.pt")
+    assert main(["eval", "--checkpoint", ckpt, "--suite", "full", "--aa", "version=custom", "attacks=[apgd-ce]",
+                 "n_iter=5", "apgd_restarts=1"]) == 0
+    assert main(["eval", "--checkpoint", ckpt, "--suite", "sweep", "--limit", "16"]) == 0
+    return run_dir
+
+
+def test_report_with_autoattack_sweep_and_curves(evaluated_run, two_runs, tmp_path):
+    runs, _ = two_runs
+    lp_dir = runs[1][0]
+    res = json.loads((evaluated_run / "results.json").read_text())
+    full = json.loads((evaluated_run / "eval-synthetic-test-full.json").read_text())
+    sweep = json.loads((evaluated_run / "eval-synthetic-test-sweep.json").read_text())
+    aa = full["results"]["autoattack"]
+    assert aa["n"] == res["test"]["n"]  # the run's own test set
+
+    md = write_report(tmp_path, [evaluated_run, lp_dir])
+    for name in ("report.md", "report.csv", "report.html", "report_scatter.png", "report_eps.png",
+                 "report_val_curves.png"):
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    text = md.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert head[9:12] == ["test clean", "test PGD-3", "test AA"]
+    cells = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in table[1:])}
+    assert cells["shared"][9:12] == [f"{res['test']['clean']:.2f}", f"{res['test']['pgd']:.2f}", f"{aa['acc']:.2f}"]
+    assert cells[lp_dir.name][11] == "–"  # no AutoAttack for this run
+    assert "AutoAttack (custom)" in text and f"on {aa['n']} test images" in text
+
+    with open(tmp_path / "report.csv", newline="") as f:
+        rows = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(rows["shared"]["test_aa"]) == aa["acc"] and rows[lp_dir.name]["test_aa"] == ""
+    assert float(rows["shared"]["test_pgd"]) == res["test"]["pgd"]
+
+    # sanity section: the eval JSONs' checks and clean >= PGD >= AA on the table's numbers, each failure named
+    assert "## Sanity checks" in text
+    table_check = check_ordering({"clean": res["test"]["clean"], "pgd": res["test"]["pgd"], "autoattack": aa["acc"]})
+    checks = full["checks"] + sweep["checks"] + [table_check.to_dict()]
+    failed = [c for c in checks if not c["passed"]]
+    for c in failed:
+        assert f"shared: {c['name']} FAILED" in text and c["message"] in text
+    if not failed:
+        assert f"- shared: all {len(checks)} checks passed" in text
+    assert f"- {lp_dir.name}: no checks yet" in text
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3

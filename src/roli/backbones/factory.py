@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from roli.backbones.checkpoints import extract_state_dict, load_backbone_weights, load_file
+from roli.backbones.convert import load_checkpoint
 from roli.backbones.normalize import Classifier, PixelNormalize
 from roli.config import BackboneConfig
 from roli.registry import Registry
@@ -46,16 +46,34 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None) -> Classifi
             "roli never downloads weights (and offline it cannot). Download the checkpoint yourself, then pass "
             "its local path: `backbone.checkpoint: /path/to/weights.pth` (or --set backbone.checkpoint=PATH)."
         )
+    from roli.backbones.known import resolve_known
+
+    cfg, known = resolve_known(cfg)  # a known-checkpoint name -> its timm architecture and key format
     factory = BACKBONES.get(cfg.name) if cfg.name in BACKBONES else _timm_factory
     net, defaults = factory(cfg, num_classes)
     head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier", "head")
     net.roli_classifier = head  # type: ignore[attr-defined]
     checkpoint = cfg.checkpoint or defaults.get("checkpoint")
+    loaded = None
     if checkpoint:
-        load_backbone_weights(net, extract_state_dict(load_file(checkpoint), checkpoint), head, checkpoint)
-    mean, std = (cfg.mean, cfg.std) if cfg.mean is not None else (defaults["mean"], defaults["std"])
+        loaded = load_checkpoint(net, checkpoint, head, cfg.format, cfg.key_map, known.sha256 if known else None)
+    # Normalisation: the recipe's, else the file's own (MadryLab), else the known table's, else the architecture's.
+    if cfg.mean is not None:
+        mean, std, norm_from = cfg.mean, cfg.std, "config"
+    elif loaded and "mean" in loaded:
+        mean, std, norm_from = loaded["mean"], loaded["std"], "checkpoint"
+    elif known is not None:
+        mean, std, norm_from = known.mean, known.std, "known_checkpoints.yaml"
+    else:
+        mean, std, norm_from = defaults["mean"], defaults["std"], "architecture"
     in_chans = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (len(mean),))[0]
-    return Classifier(net, PixelNormalize(mean, std, cfg.input_size, in_chans=in_chans))
+    model = Classifier(net, PixelNormalize(mean, std, cfg.input_size, in_chans=in_chans))
+    model.roli_load_report = {  # type: ignore[attr-defined]  (goes into results.json)
+        "arch": cfg.name, "known": known.name if known else None, "checkpoint": loaded,
+        "mean": list(mean), "std": list(std), "normalisation_from": norm_from,
+        "pretrain_eps": known.pretrain_eps if known else None,
+    }
+    return model
 
 
 def create_backbone(name: str, checkpoint: str | None = None, num_classes: int | None = None, **fields) -> Classifier:

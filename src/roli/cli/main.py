@@ -37,16 +37,22 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _eval(a: argparse.Namespace) -> int:
-    from roli.evaluation.checkpoint import evaluate_checkpoint
-
     import yaml
 
+    from roli.config import ConfigError, parse_overrides
+    from roli.evaluation.checkpoint import evaluate_checkpoint
+
     number = (lambda v: None if v is None else yaml.safe_load(v))  # "0.05" -> 0.05; "8/255" stays a fraction
+    if (a.aa or a.aa_state) and a.suite != "full" and a.attack != "autoattack":
+        raise ConfigError("--aa and --aa-state apply to AutoAttack: use them with --suite full or --attack autoattack")
     result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
-                                 steps=a.steps, step_size=number(a.step_size), limit=a.limit, data_root=a.data_root)
+                                 steps=a.steps, step_size=number(a.step_size), limit=a.limit, data_root=a.data_root,
+                                 suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state)
     text = json.dumps(result, indent=2)
     print(text)
-    out = Path(a.output) if a.output else Path(a.checkpoint).with_name(f"eval-{result['data']['name']}-{a.split}.json")
+    suffix = f"-{a.suite}" if a.suite else ""
+    out = Path(a.output) if a.output else Path(a.checkpoint).with_name(
+        f"eval-{result['data']['name']}-{a.split}{suffix}.json")
     if out.exists() and not a.output:
         out = out.with_name(f"{out.stem}-{result['started'].replace(':', '')}.json")
     out.write_text(text)
@@ -72,8 +78,16 @@ def _list(a: argparse.Namespace) -> int:
     from roli.data import DATASETS
     from roli.transfer import TRANSFER
 
+    from roli.backbones.convert import CONVERTERS
+    from roli.backbones.known import known_checkpoints
+
     print("backbones:", ", ".join(BACKBONES.names()), "+ any timm architecture (weights from a local file)")
-    print("datasets: ", ", ".join(DATASETS.names()))
+    print("known checkpoints (backbone.name; pass the file as backbone.checkpoint):")
+    for name, k in known_checkpoints().items():
+        eps = f"robust eps {k.pretrain_eps * 255:.0f}/255" if k.pretrain_eps else "standard training"
+        print(f"  {name}: {k.arch}, format {k.format}, {eps}; from {k.source}")
+    print("checkpoint formats (backbone.format):", ", ".join(["auto", *CONVERTERS.names()]))
+    print("datasets: ", ", ".join(DATASETS.names()), "(data.root: the dataset's folder; see README)")
     print("transfer methods:")
     for name in TRANSFER.names():
         print(f"  {name}: {_fields(TRANSFER.get(name).config_cls)}")
@@ -81,6 +95,24 @@ def _list(a: argparse.Namespace) -> int:
     for name in ATTACKS.names():
         print(f"  {name}: {_fields(ATTACKS.get(name).config_cls)}")
     return 0
+
+
+def _sweep(a: argparse.Namespace) -> int:
+    from roli.evaluation.report import write_report
+    from roli.training.sweep import describe, finished_dirs, plan, run_sweep
+
+    p = plan(a.grid, shard=a.shard, out=a.out, overrides=a.set)  # validates every cell's recipe first
+    print(describe(p))
+    if a.dry_run:
+        return 0
+    outcome = run_sweep(p)
+    report = write_report(p.out, finished_dirs(p))
+    print(f"sweep shard {p.shard[0]}/{p.shard[1]}: {len(outcome['ran'])} ran, {len(outcome['complete'])} already "
+          f"complete, {len(outcome['failed'])} failed now, {len(outcome['skipped_failed'])} failed before; "
+          f"report: {report}")
+    for line in outcome["failed"]:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if outcome["failed"] else 0
 
 
 def _report(a: argparse.Namespace) -> int:
@@ -126,10 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None)
     e.add_argument("--step-size", default=None)
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
-    e.add_argument("--output", help="JSON file (default: eval-<data>-<split>.json beside the checkpoint)")
+    e.add_argument("--suite", choices=["quick", "full", "sweep"], default=None,
+                   help="quick: clean + PGD-10; full: clean + FGSM + PGD-10 + AutoAttack (standard); sweep: PGD "
+                        "over eps x (0, 1/4, 1/2, 1, 2) and a large eps. Default: clean + the run's validation attack")
+    e.add_argument("--aa", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="AutoAttack settings, e.g. version=custom attacks=[apgd-ce,apgd-t] n_iter=50")
+    e.add_argument("--aa-state", default=None, help="AutoAttack resume file (default: beside the checkpoint)")
+    e.add_argument("--output", help="JSON file (default: eval-<data>-<split>[-<suite>].json beside the checkpoint)")
     e.set_defaults(func=_eval)
 
     sub.add_parser("list", help="registered backbones, datasets, methods and attacks").set_defaults(func=_list)
+
+    sw = sub.add_parser("sweep", help="run a grid of recipes (skips complete cells, resumes partial ones)")
+    sw.add_argument("grid", help="grid YAML, e.g. recipes/paper/grid.yaml")
+    sw.add_argument("--shard", default="1/1", metavar="I/N", help="run only the I-th of N slices (numbered from 1)")
+    sw.add_argument("--dry-run", action="store_true", help="print the cells and estimated GPU-hours; run nothing")
+    sw.add_argument("--out", help="output root (default: the grid's `out:`)")
+    sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
+    sw.set_defaults(func=_sweep)
 
     rep = sub.add_parser("report", help="collect results.json of runs into report.md, CSV and plots")
     rep.add_argument("dirs", nargs="+")
@@ -152,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from roli.backbones.checkpoints import CheckpointError
     from roli.config import ConfigError
     from roli.data import DataError
+    from roli.evaluation.autoattack import StateMismatch
     from roli.training.pipeline import RunDirError
     from roli.training.trainer import TrainingFailed
     from roli.transfer.heads import HeadError
@@ -159,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, BackboneError, CheckpointError, DataError, HeadError, RunDirError, TrainingFailed,
-            FileExistsError, KeyError) as e:
+            FileExistsError, KeyError, StateMismatch) as e:
         print(f"roli {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
 

@@ -55,26 +55,35 @@ class Splits:
 DATASETS: Registry[Callable[[DataConfig], Splits]] = Registry("dataset")
 
 
-def membership_hash(indices: np.ndarray) -> str:
-    return hashlib.sha256(np.asarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+def membership_hash(members) -> str:
+    """A short hash of a split's membership: example indices, or (image folders) relative file paths in order."""
+    if len(members) and isinstance(members[0], str):
+        return hashlib.sha256("\n".join(members).encode()).hexdigest()[:16]
+    return hashlib.sha256(np.asarray(members, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
 def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded (rest, carved) split of range(n); the same seed always gives the same split."""
+    """A seeded (rest, carved) split of range(n), each in shuffled order, so `*_limit` (the first N) is a random,
+    class-balanced subset even when the source is stored class by class; the same seed gives the same split."""
     perm = np.random.default_rng(seed).permutation(n)
     k = int(round(n * fraction))
-    return np.sort(perm[k:]), np.sort(perm[:k])
+    return perm[k:], perm[:k]
 
 
-def finish(cfg: DataConfig, train: ImageTensors, val: ImageTensors, test: ImageTensors, num_classes: int,
-           source: str) -> Splits:
-    """Apply the configured limits and record sizes and split-membership hashes."""
+def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_classes: int, source: str,
+           extra: dict | None = None) -> Splits:
+    """Apply the configured limits and record sizes and split-membership hashes.
+
+    The splits are ImageTensors or any dataset with `indices`, `subset(idx)` and optionally `membership` (e.g.
+    the lazily loaded image files of roli.data.folder, whose membership is their relative paths).
+    """
     parts = {"train": (train, cfg.train_limit), "val": (val, cfg.val_limit), "test": (test, cfg.test_limit)}
     out = {k: (d.subset(np.arange(min(lim, len(d)))) if lim else d) for k, (d, lim) in parts.items()}
     info = {"name": cfg.name, "source": source, "num_classes": num_classes, "split_seed": cfg.split_seed}
     for k, d in out.items():
         info[f"{k}_size"] = len(d)
-        info[f"{k}_hash"] = membership_hash(d.indices)
+        info[f"{k}_hash"] = membership_hash(getattr(d, "membership", d.indices))
+    info.update(extra or {})
     return Splits(out["train"], out["val"], out["test"], num_classes, info)
 
 

@@ -152,6 +152,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     seed_everything(cfg.run.seed)
     splits = build_data(cfg.data)
     model = build_model(cfg.backbone, splits.num_classes)
+    backbone_report = model.roli_load_report  # what was loaded and mapped, and the normalisation used
     init_ranli(model, cfg.transfer)
     if stage1 is not None:
         init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])
@@ -164,6 +165,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
         "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
+        "backbone": backbone_report,
     }
     _write_results(run_dir, results)
     try:

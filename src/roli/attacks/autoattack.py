@@ -1,0 +1,190 @@
+"""AutoAttack (Croce & Hein, ICML 2020, arXiv 2003.01690) through the authors' `pyautoattack` package.
+
+An adapter, not a re-implementation: the package's AutoAttack runs every sub-attack. roli adds an explicit eps
+(the reference code silently uses 4/255, spec B6), target counts that fit the dataset, and a way to run one
+sub-attack at a time, which `roli.evaluation.autoattack` uses for per-attack accuracy and resumable state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from roli.attacks.base import ATTACKS, Attack
+from roli.config import AttackConfig, ConfigError
+
+NORMS = {"linf": "Linf", "l2": "L2"}  # roli's norm names -> the package's
+SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+# The DLR loss reads the 3rd-largest logit; its targeted form needs 3 other classes besides the true one.
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoAttackConfig(AttackConfig):
+    """AutoAttack settings. eps has no default: it must be given (spec B6). The PGD fields inherited from
+    AttackConfig (step_size, steps, random_start, restarts, loss, select) are not used: APGD sets its own steps."""
+
+    name: str = "autoattack"
+    eps: float | None = None  # required, in [0,1] pixel units (e.g. 8/255)
+    version: Literal["standard", "plus", "rand", "custom"] = "standard"
+    attacks: tuple[str, ...] = ()  # custom only, run in this order, e.g. [apgd-ce, apgd-t]
+    seed: int | None = None  # None = drawn from torch's generator (so `run.seed` fixes it)
+    n_iter: int | None = None  # APGD/FAB iterations; None = the version's (100)
+    apgd_restarts: int | None = None  # APGD-CE/DLR restarts; None = the version's (standard 1, plus/custom 5)
+    n_target_classes: int | None = None  # APGD-T/FAB-T targets; None = min(9, classes - 1)
+    square_queries: int | None = None  # None = the version's (5000)
+    batch_size: int = 250  # AutoAttack's own batch inside a chunk
+
+    def __post_init__(self) -> None:
+        if self.eps is None:
+            raise ValueError("autoattack needs an explicit eps (e.g. eps: 8/255); roli never assumes one")
+        super().__post_init__()
+        bad = [a for a in self.attacks if a not in SUB_ATTACKS]
+        if bad:
+            raise ValueError(f"unknown AutoAttack sub-attack(s) {bad}; choose from {list(SUB_ATTACKS)}")
+        if (self.version == "custom") != bool(self.attacks):
+            raise ValueError("give `attacks` (e.g. [apgd-ce, apgd-t]) exactly when version is custom")
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"attacks lists a sub-attack twice: {list(self.attacks)}")
+        for k in ("n_iter", "apgd_restarts", "n_target_classes", "square_queries"):
+            if getattr(self, k) is not None and getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1 or null")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def _set_n_iter(aa: Any, n: int) -> None:
+    from pyautoattack.autopgd_base import APGDAttack
+
+    # APGD derives its step-size checkpoints from n_iter in __init__: take them from a fresh instance.
+    fresh = APGDAttack(aa.model, n_iter=n, eps=aa.epsilon, norm=aa.norm)
+    for apgd in (aa.apgd, aa.apgd_targeted):
+        for k in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
+            setattr(apgd, k, getattr(fresh, k))
+    aa.fab.n_iter = n
+
+
+def _set_targets(aa: Any, n: int) -> None:
+    aa.apgd_targeted.n_target_classes = n
+    aa.fab.n_target_classes = n
+
+
+# config field -> how it is applied to a configured pyautoattack.AutoAttack (None fields keep the version's value)
+OVERRIDES: dict[str, Callable[[Any, int], None]] = {
+    "n_iter": _set_n_iter,
+    "apgd_restarts": lambda aa, n: setattr(aa.apgd, "n_restarts", n),
+    "n_target_classes": _set_targets,
+    "square_queries": lambda aa, n: setattr(aa.square, "n_queries", n),
+}
+
+
+def _quiet_package_logger() -> None:
+    """pyautoattack logs 'setting parameters for ... version' at INFO on every construction; roli builds one per
+    (chunk, sub-attack). Keep its warnings (its own sanity checks) unless the user chose a level."""
+    logger = logging.getLogger("auto-attack")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _keep_tracer_and_rng(device: torch.device) -> Iterator[None]:
+    """pyautoattack re-seeds torch's global generator and clears any sys.settrace hook (its dynamic-defense
+    check); neither should leak into the caller."""
+    tracer = sys.gettrace()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        sys.settrace(tracer)
+
+
+@ATTACKS.register("autoattack")
+class AutoAttack(Attack):
+    """`attack(model, x, y)` runs the whole configured AutoAttack on the batch and returns AA's x_adv
+    (clean x where no sub-attack succeeded). For DataLoaders use `roli.evaluation.autoattack.evaluate_autoattack`."""
+
+    config_cls = AutoAttackConfig
+
+    def __init__(self, config: AttackConfig) -> None:
+        if not isinstance(config, AutoAttackConfig):  # a plain AttackConfig(name="autoattack", eps=...)
+            base = {f.name: getattr(config, f.name) for f in dataclasses.fields(AttackConfig)}
+            config = AutoAttackConfig(**{**base, "name": "autoattack"})
+        super().__init__(config)
+        _quiet_package_logger()
+
+    def resolve_seed(self) -> int:
+        cfg = self.config
+        return cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+
+    def sub_attacks(self) -> list[str]:
+        """The sub-attacks in AutoAttack's order for the configured version."""
+        import pyautoattack
+
+        cfg = self.config
+        if cfg.version == "custom":
+            return list(cfg.attacks)
+        return list(pyautoattack.AutoAttack(nn.Identity(), norm=NORMS[cfg.norm], eps=cfg.eps, version=cfg.version,
+                                            seed=0).attacks_to_run)
+
+    def target_classes(self, n_classes: int) -> int:
+        n = self.config.n_target_classes or min(9, n_classes - 1)
+        if n > n_classes - 1:
+            raise ConfigError(f"n_target_classes={n} but the model has only {n_classes} classes ({n_classes - 1} "
+                             "possible targets)")
+        return n
+
+    def build(self, model: nn.Module, n_classes: int, seed: int, device: torch.device) -> Any:
+        """A fresh, configured pyautoattack.AutoAttack (fresh each time: the package mutates FAB's restarts)."""
+        import pyautoattack
+
+        cfg = self.config
+        aa = pyautoattack.AutoAttack(model, norm=NORMS[cfg.norm], eps=cfg.eps, version=cfg.version, seed=seed,
+                                     device=device, attacks=list(cfg.attacks) if cfg.version == "custom" else None)
+        aa.verbose = False  # progress goes to roli's log, per sub-attack and chunk
+        overrides = {**{k: getattr(cfg, k) for k in OVERRIDES}, "n_target_classes": self.target_classes(n_classes)}
+        for key, value in overrides.items():
+            if value is not None:
+                OVERRIDES[key](aa, value)
+        return aa
+
+    def check_classes(self, n_classes: int) -> None:
+        for sub in self.sub_attacks():
+            if n_classes < MIN_CLASSES.get(sub, 2):
+                raise ConfigError(f"AutoAttack's {sub} needs at least {MIN_CLASSES[sub]} classes; the model has "
+                                 f"{n_classes}. Use version: custom with attacks: [apgd-ce]")
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str], seed: int,
+            n_classes: int) -> torch.Tensor:
+        """Run `attacks` in order on (x, y) with AutoAttack's own loop; returns its x_adv (x where not broken)."""
+        aa = self.build(model, n_classes, seed, x.device)
+        aa.attacks_to_run = list(attacks)  # the package does the same in run_standard_evaluation_individual
+        with _keep_tracer_and_rng(x.device):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.config.batch_size)
+        return x_adv
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.config.eps == 0:
+            return x.clone()
+        with torch.no_grad():
+            n_classes = model(x[:1]).shape[1]
+        self.check_classes(n_classes)
+        return self.run(model, x, y, self.sub_attacks(), self.resolve_seed(), n_classes)
+
+    def settings(self, n_classes: int, seed: int) -> dict:
+        """What AutoAttack actually ran with, for the results JSON."""
+        import pyautoattack
+
+        aa = self.build(nn.Identity(), n_classes, seed, torch.device("cpu"))
+        cfg = self.config
+        return {"name": cfg.name, "version": cfg.version, "attacks": self.sub_attacks(), "norm": cfg.norm,
+                "eps": cfg.eps, "seed": seed, "n_iter": aa.apgd.n_iter, "apgd_restarts": aa.apgd.n_restarts,
+                "n_target_classes": aa.apgd_targeted.n_target_classes, "square_queries": aa.square.n_queries,
+                "batch_size": cfg.batch_size, "library": f"pyautoattack {pyautoattack.__version__}"}

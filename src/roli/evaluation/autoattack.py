@@ -1,0 +1,158 @@
+"""AutoAttack over a DataLoader: per-point worst case, accuracy after each sub-attack, and resumable state.
+
+Each DataLoader batch is a chunk. A chunk's sub-attacks run one after another on the points still robust, exactly
+as in AutoAttack's own loop (so the answer equals one AutoAttack call per chunk). After every (chunk, sub-attack)
+the per-point robust flags are written atomically to a JSON state file; a killed run re-run with the same state
+path skips what is done and, since every sub-attack is seeded, ends with the identical per-point result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from roli.attacks.autoattack import AutoAttack, AutoAttackConfig
+from roli.attacks.base import attack_mode
+from roli.config import to_dict
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "roli-autoattack-state/1"
+
+
+class StateMismatch(ValueError):
+    """The state file belongs to another model, data order or attack configuration."""
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_digest(model: nn.Module) -> str:
+    return _digest(*(t.float() for t in model.state_dict().values()))
+
+
+class EvaluationState:
+    """Per chunk: its data digest and the robust flags after 'clean' and after each finished sub-attack."""
+
+    def __init__(self, path: Path | None, key: dict, seed: int | None) -> None:
+        self.path, self.key, self.seed = path, key, seed
+        self.chunks: list[dict] = []  # [{"digest": str, "flags": {"clean" | sub-attack: [bool, ...]}}]
+        self.resumed = path is not None and path.is_file()
+        if self.resumed:
+            saved = json.loads(path.read_text())
+            if saved.get("format") != STATE_FORMAT:
+                raise StateMismatch(f"{path} is not a roli AutoAttack state file")
+            if saved["key"] != key:
+                raise StateMismatch(f"{path} was written for another model or attack configuration; delete it "
+                                    "or pass another state path")
+            self.seed, self.chunks = saved["seed"], saved["chunks"]  # a drawn seed (config seed null) is kept
+            log.info("AutoAttack: resuming from %s (%d chunk(s) started)", path, len(self.chunks))
+
+    def chunk(self, i: int, digest: str) -> dict:
+        if i == len(self.chunks):
+            self.chunks.append({"digest": digest, "flags": {}})
+        if self.chunks[i]["digest"] != digest:
+            raise StateMismatch(f"chunk {i} holds other data than when {self.path} was written (shuffled loader, "
+                                "other split or limit?)")
+        return self.chunks[i]
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps({"format": STATE_FORMAT, "key": self.key, "seed": self.seed, "chunks": self.chunks}))
+        os.replace(tmp, self.path)  # atomic: a kill leaves the old or the new state, never half a file
+
+
+def _verify(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, cfg: AutoAttackConfig,
+            broken: torch.Tensor) -> None:
+    """AutoAttack's successes are re-checked here: inside the eps-ball and the box, and misclassified."""
+    if not broken.any():
+        return
+    d = (x_adv[broken] - x[broken]).flatten(1)
+    dist = d.abs().amax(1) if cfg.norm == "linf" else d.norm(dim=1)
+    with torch.inference_mode():
+        still_right = model(x_adv[broken]).argmax(1) == y[broken]
+    if dist.max() > cfg.eps * (1 + 1e-4) + 1e-6 or x_adv.min() < 0 or x_adv.max() > 1 or still_right.any():
+        raise RuntimeError(f"AutoAttack returned an invalid adversarial example (max {cfg.norm} distance "
+                           f"{dist.max():.6f} for eps {cfg.eps}, {int(still_right.sum())} not misclassified)")
+
+
+def _attack_chunk(attack: AutoAttack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, sub: str,
+                  robust: torch.Tensor, seed: int, n_classes: int) -> torch.Tensor:
+    """One sub-attack on the chunk's robust points; returns the new robust flags of the whole chunk."""
+    idx = robust.nonzero().flatten()
+    if len(idx) == 0 or attack.config.eps == 0:
+        return robust.clone()
+    x_adv = attack.run(model, x[idx], y[idx], [sub], seed, n_classes)
+    with torch.inference_mode():
+        broken = model(x_adv).argmax(1) != y[idx]
+    _verify(model, x[idx], x_adv, y[idx], attack.config, broken)
+    out = robust.clone()
+    out[idx[broken]] = False
+    return out
+
+
+def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttackConfig,
+                        state_path: str | Path | None = None) -> dict:
+    """AutoAttack robust accuracy (%) over `loader` (unshuffled), with the accuracy after each sub-attack.
+
+    Returns a dict with `acc`, `after` ({"clean": .., sub-attack: ..} in %), `n`, `seconds`, `images_per_s`,
+    `settings` (what AutoAttack ran with), `robust` (per-point flags, loader order) and `state` (the path).
+    """
+    attack = AutoAttack(config)
+    cfg = attack.config
+    device = next(model.parameters()).device
+    subs = attack.sub_attacks()
+    key = {"model": model_digest(model), "config": to_dict(cfg), "attacks": subs}
+    state = EvaluationState(Path(state_path) if state_path is not None else None, key, cfg.seed)
+    if state.seed is None:
+        state.seed = attack.resolve_seed()
+    seed = state.seed
+    n_classes, t0, robust_all = None, time.perf_counter(), []
+    with attack_mode(model):
+        for i, (x, y) in enumerate(tqdm(loader, desc="autoattack", leave=False, disable=None)):
+            x, y = x.to(device).float(), y.to(device)
+            chunk = state.chunk(i, _digest(x, y))
+            if "clean" not in chunk["flags"]:
+                with torch.inference_mode():
+                    chunk["flags"]["clean"] = (model(x).argmax(1) == y).tolist()
+                state.save()
+            if n_classes is None:
+                with torch.inference_mode():
+                    n_classes = model(x[:1]).shape[1]
+                attack.check_classes(n_classes)
+            robust = torch.tensor(chunk["flags"]["clean"], dtype=torch.bool, device=device)
+            for sub in subs:
+                if sub not in chunk["flags"]:
+                    robust = _attack_chunk(attack, model, x, y, sub, robust, seed, n_classes)
+                    chunk["flags"][sub] = robust.tolist()
+                    state.save()
+                    log.debug("AutoAttack chunk %d %s: %d/%d robust", i, sub, int(robust.sum()), len(y))
+                robust = torch.tensor(chunk["flags"][sub], dtype=torch.bool, device=device)
+            robust_all.append(robust.cpu())
+    secs = time.perf_counter() - t0
+    n = sum(len(c["flags"]["clean"]) for c in state.chunks[: len(robust_all)])
+    after = {k: 100.0 * sum(sum(c["flags"][k]) for c in state.chunks[: len(robust_all)]) / max(n, 1)
+             for k in ("clean", *subs)}
+    flags = torch.cat(robust_all) if robust_all else torch.zeros(0, dtype=torch.bool)
+    result = {"acc": after[subs[-1]], "after": after, "n": n, "seconds": round(secs, 3),
+              "images_per_s": round(n / secs, 1) if secs > 0 else None,
+              "settings": attack.settings(n_classes or 10, seed), "robust": flags.tolist(),
+              "state": str(state_path) if state_path is not None else None, "resumed": state.resumed}
+    log.info("AutoAttack (%s, eps %.4g): %s", cfg.version, cfg.eps,
+             ", ".join(f"{k} {v:.2f}%" for k, v in after.items()))
+    return result

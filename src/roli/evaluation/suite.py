@@ -1,0 +1,126 @@
+"""Evaluation suites (`quick`, `full`, `sweep`) over a DataLoader, with the sanity checks, settings and versions.
+
+quick = clean + PGD-10; full = clean + FGSM + PGD-10 + AutoAttack; sweep = clean + PGD over an eps sweep
+(0, eps/4, eps/2, eps, 2 eps by default) plus one large eps, where accuracy should be ~0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from roli.attacks import build_attack
+from roli.config import AttackConfig, to_dict
+from roli.evaluation.accuracy import accuracy
+from roli.evaluation.autoattack import evaluate_autoattack
+from roli.evaluation.checks import check_ordering, check_sweep, model_checks
+
+log = logging.getLogger(__name__)
+
+SWEEP_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)
+# A "large" eps per norm: in L-inf 0.5 lets every pixel reach 0.5, i.e. every image can become the same grey
+# image; the L2 ball of radius 0.5 * sqrt(dims) contains that move too. Accuracy there should be ~0.
+LARGE_EPS: dict[str, Callable[[torch.Tensor], float]] = {
+    "linf": lambda x: 0.5,
+    "l2": lambda x: 0.5 * math.sqrt(x[0].numel()),
+}
+
+
+@dataclass(frozen=True)
+class Suite:
+    attacks: tuple[str, ...]  # result names, each a key of the `configs` passed to run_suite ("clean" = None)
+    sweep: bool = False
+
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite(("clean", "pgd")),
+    "full": Suite(("clean", "fgsm", "pgd", "autoattack")),
+    "sweep": Suite(("clean",), sweep=True),
+}
+
+
+def _attacked(model: nn.Module, loader: DataLoader, cfg: AttackConfig | None, state: Path | None) -> dict:
+    if cfg is None:
+        return accuracy(model, loader, None, desc="clean")  # torch.inference_mode inside
+    return accuracy(model, loader, build_attack(cfg), desc=cfg.name)
+
+
+def _autoattack(model: nn.Module, loader: DataLoader, cfg: AttackConfig, state: Path | None) -> dict:
+    res = evaluate_autoattack(model, loader, cfg, state_path=state)
+    res.pop("robust")  # per-point flags stay in the state file
+    return res
+
+
+# attack name -> how it is evaluated over a loader (default: per-batch x_adv, then accuracy)
+EVALUATORS: dict[str, Callable[..., dict]] = {"autoattack": _autoattack}
+
+
+def scaled(cfg: AttackConfig, eps: float) -> AttackConfig:
+    """The same attack at another eps, with the step size scaled to keep the same step/eps ratio."""
+    ratio = cfg.step_size / cfg.eps if cfg.eps > 0 else 2.5 / cfg.steps
+    return dataclasses.replace(cfg, eps=eps, step_size=ratio * eps if eps > 0 else cfg.step_size)
+
+
+def eps_sweep(model: nn.Module, loader: DataLoader, cfg: AttackConfig, factors: Sequence[float] = SWEEP_FACTORS,
+              large_eps: float | None = None, seed: int = 0) -> list[dict]:
+    """Accuracy (%) under `cfg` at eps * factor for each factor, plus one large eps; sorted by eps."""
+    if large_eps is None:
+        large_eps = LARGE_EPS[cfg.norm](next(iter(loader))[0])
+    points = []
+    for eps in sorted({cfg.eps * f for f in factors} | {large_eps}):
+        torch.manual_seed(seed)
+        atk = scaled(cfg, eps)
+        res = accuracy(model, loader, build_attack(atk), desc=f"eps {eps:.4g}")
+        points.append({"eps": eps, "acc": res["acc"], "n": res["n"], "step_size": atk.step_size,
+                       "seconds": res["seconds"], "large": eps == large_eps and eps > cfg.eps * max(factors)})
+    return points
+
+
+def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mapping[str, AttackConfig | None],
+              aa_state: str | Path | None = None, seed: int = 0, sweep_factors: Sequence[float] = SWEEP_FACTORS
+              ) -> dict:
+    """Run a suite; every attack starts from `torch.manual_seed(seed)`, so its number does not depend on the suite.
+
+    `configs` maps result names to attack configs (None = clean); `configs["pgd"]` is the sweep's attack.
+    """
+    t0 = time.perf_counter()
+    model = model.float()  # attacks in fp32
+    results, settings = {}, {}
+    for name in suite.attacks:
+        cfg = configs[name]
+        torch.manual_seed(seed)
+        results[name] = EVALUATORS.get(cfg.name if cfg is not None else "clean", _attacked)(
+            model, loader, cfg, Path(aa_state) if aa_state is not None else None)
+        if cfg is not None:  # AutoAttack reports its resolved settings (seed, targets, iterations)
+            settings[name] = results[name].pop("settings", None) or to_dict(cfg)
+    x, y = next(iter(loader))
+    device = next(model.parameters()).device
+    checks = model_checks(model, x.to(device), y.to(device))
+    checks.append(check_ordering({k: v["acc"] for k, v in results.items()}))
+    sweep = None
+    if suite.sweep:
+        sweep = eps_sweep(model, loader, configs["pgd"], sweep_factors, seed=seed)
+        settings["sweep"] = to_dict(configs["pgd"])
+        checks += check_sweep(sweep, clean=results["clean"]["acc"] if "clean" in results else None)
+    failed = [c.name for c in checks if not c.passed]
+    if failed:
+        log.warning("sanity checks failed: %s (see `checks` in the results)", ", ".join(failed))
+    return {"attacks": settings, "results": results, "sweep": sweep, "checks": [c.to_dict() for c in checks],
+            "checks_passed": not failed, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def library_versions() -> dict:
+    import pyautoattack
+
+    from roli.training.pipeline import versions
+
+    return {**versions(), "pyautoattack": pyautoattack.__version__}

@@ -1,0 +1,289 @@
+"""`roli sweep GRID.yaml`: expand a grid of recipes into cells, run them resumably, end with the report.
+
+A grid (see recipes/paper/grid.yaml) names a recipe template and its axes; every combination of axis values (minus
+`exclude`) and seed is one cell, run as `pipeline.run` into `<out>/<cell name>`. Re-running the same command skips
+complete cells, resumes interrupted ones and leaves failed ones alone (listed at the end). RoLI cells reuse the
+stage 1 of the grid's linear-probe cell with the same settings (the pipeline's stage-1 cache).
+
+`--shard i/n` runs the i-th (1-based) of n slices, the same on every machine, with no coordinator: cells that share
+a RoLI stage 1 stay together, and the groups are balanced by estimated cost. `--dry-run` prints the cells and their
+estimated GPU-hours: images through the backbone x (PGD steps + 1) / an assumed images-per-second table (`cost:`
+in the grid, else COST below). The estimates are assumptions, not measurements.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from roli.config import Config, ConfigError, load_config, to_dict
+
+log = logging.getLogger(__name__)
+
+# Assumed forward+backward images/s at 224x224 for one training pass on one A100-class GPU (fp32 with TF32 matmuls,
+# batch 64). NOT measured by roli (it was developed without a GPU); replace them in the grid's `cost:` with your
+# own numbers, e.g. from benchmarks/pgd_at_step.py. An H100 is roughly 1.5-2x faster.
+COST = {"gpu": "A100-class GPU (assumed throughput, not measured)",
+        "images_per_s": {"swin_base_patch4_window7_224": 250.0, "vit_base_patch16_224": 400.0, "resnet50": 900.0}}
+# The paper's split sizes (spec §4): train, val, test.
+PAPER_SIZES = {"cifar10": (45_000, 5_000, 10_000), "cifar100": (45_000, 5_000, 10_000),
+               "caltech256": (14_649, 771, 15_187), "cub200": (5_394, 600, 5_794),
+               "stanford_dogs": (10_800, 1_200, 8_580)}
+GRID_KEYS = ("recipe", "axes", "seeds", "exclude", "set", "out", "cost")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str  # run folder name: axis values and seed, e.g. swin_b-lora-cifar10-roli-s0
+    recipe: Path
+    values: dict[str, str]
+    seed: int | None
+    overrides: tuple[str, ...]
+
+
+@dataclass
+class Grid:
+    path: Path
+    recipe: str
+    axes: dict[str, list[str]]
+    seeds: list[int] | None = None
+    exclude: list[dict[str, Any]] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    out: str = "runs/sweep"
+    cost: dict[str, Any] = field(default_factory=lambda: dict(COST))
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: grid file not found")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = [k for k in data if k not in GRID_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys are {list(GRID_KEYS)}")
+    if not isinstance(data.get("recipe"), str) or not isinstance(data.get("axes"), dict) or not data["axes"]:
+        raise ConfigError(f"{path}: needs `recipe:` (a template like '{{method}}_{{dataset}}.yaml') and `axes:`")
+    axes = {k: [str(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in data["axes"].items()}
+    seeds = data.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
+        raise ConfigError(f"{path}: seeds must be a list of integers, got {seeds!r}")
+    cost = {**COST, **(data.get("cost") or {})}
+    return Grid(path, data["recipe"], axes, seeds, list(data.get("exclude") or []), list(data.get("set") or []),
+                data.get("out") or "runs/sweep", cost)
+
+
+def _excluded(values: dict[str, str], rules: list[dict[str, Any]]) -> bool:
+    def match(rule_value, value):
+        return value in ([str(v) for v in rule_value] if isinstance(rule_value, list) else [str(rule_value)])
+
+    return any(all(match(v, values.get(k)) for k, v in rule.items()) for rule in rules)
+
+
+def expand(grid: Grid, extra: list[str] = ()) -> list[Cell]:
+    """Every combination of the axes (first axis slowest), minus `exclude`, times the seeds."""
+    cells, missing = [], []
+    for combo in itertools.product(*grid.axes.values()):
+        values = dict(zip(grid.axes, combo))
+        if _excluded(values, grid.exclude):
+            continue
+        try:
+            recipe = grid.path.parent / grid.recipe.format(**values)
+        except KeyError as e:
+            raise ConfigError(f"{grid.path}: the recipe template uses {e}, which is not an axis") from None
+        if not recipe.is_file():
+            missing.append(str(recipe))
+        for seed in grid.seeds if grid.seeds is not None else [None]:
+            name = "-".join(combo) + (f"-s{seed}" if seed is not None else "")
+            over = [*grid.overrides, *extra, *([f"run.seed={seed}"] if seed is not None else []), f"run.name={name}"]
+            cells.append(Cell(name, recipe, values, seed, tuple(over)))
+    if missing:
+        raise ConfigError(f"{grid.path}: {len(missing)} cell recipe(s) do not exist, e.g. {missing[:3]}; add them "
+                          "or list the cells under `exclude:`")
+    return cells
+
+
+def cell_config(cell: Cell) -> Config:
+    return load_config(cell.recipe, list(cell.overrides))
+
+
+# --------------------------------------------------------------------------- cost estimates and shards
+
+
+def _arch(cfg: Config) -> str:
+    from roli.backbones.known import known_checkpoints
+
+    entry = known_checkpoints().get(cfg.backbone.name)
+    return entry.arch if entry else cfg.backbone.name
+
+
+def estimate_hours(cfg: Config, cost: dict[str, Any]) -> float | None:
+    """GPU-hours of one run: every image through the backbone costs one fwd+bwd per PGD step plus one."""
+    ips = cost["images_per_s"].get(_arch(cfg))
+    sizes = PAPER_SIZES.get(cfg.data.name)
+    if ips is None or sizes is None:
+        return None
+    limits = (cfg.data.train_limit, cfg.data.val_limit, cfg.data.test_limit)
+    n_train, n_val, n_test = (min(n, lim) if lim else n for n, lim in zip(sizes, limits))
+    train_passes = cfg.attack.steps * cfg.attack.restarts + 1 if cfg.train.adversarial else 1
+    eval_passes = cfg.eval.attack_steps * cfg.eval.restarts + 1 / 3  # PGD + a clean forward (~1/3 of fwd+bwd)
+    images = cfg.train.epochs * (n_train * train_passes + n_val * eval_passes) + n_test * eval_passes
+    return images / ips / 3600
+
+
+def stage1_group(cfg: Config) -> str | None:
+    """Cells with the same key share one RoLI stage 1 (the linear-probe RanLI cell provides it)."""
+    from roli.training.pipeline import stage1_config, stage1_key
+
+    return stage1_key(stage1_config(cfg)) if cfg.transfer.init == "roli" else stage1_key(cfg)
+
+
+def cell_costs(configs: list[Config], cost: dict[str, Any]) -> list[float | None]:
+    from roli.training.pipeline import stage1_config
+
+    provided = {stage1_group(c) for c in configs if c.transfer.init != "roli"} - {None}
+    out = []
+    for cfg in configs:
+        hours = estimate_hours(cfg, cost)
+        if hours is not None and cfg.transfer.init == "roli" and stage1_group(cfg) not in provided:
+            s1 = estimate_hours(stage1_config(cfg), cost)  # no grid cell provides this stage 1: it runs here
+            hours = None if s1 is None else hours + s1
+        out.append(hours)
+    return out
+
+
+def shard_of(configs: list[Config], costs: list[float | None], n: int) -> list[int]:
+    """The shard (0-based) of every cell: stage-1 groups kept together, greedy balance by cost, deterministic."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(stage1_group(cfg) or f"cell-{i}", []).append(i)
+    weight = lambda idx: sum(costs[i] if costs[i] is not None else 1.0 for i in idx)  # noqa: E731
+    load, shard = [0.0] * n, [0] * len(configs)
+    for idx in sorted(groups.values(), key=lambda idx: (-weight(idx), idx[0])):
+        target = min(range(n), key=lambda s: (load[s], s))
+        load[target] += weight(idx)
+        for i in idx:
+            shard[i] = target
+    return shard
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected i/n, e.g. 2/4 (the 2nd of 4 slices)") from None
+    if not 1 <= i <= n:
+        raise ConfigError(f"--shard {text!r}: need 1 <= i <= n (slices are numbered from 1)")
+    return i, n
+
+
+# --------------------------------------------------------------------------- running
+
+
+def cell_status(out: Path, cell: Cell) -> str:
+    """complete | failed | partial (a run folder to resume) | todo."""
+    run_dir = out / cell.name
+    res = run_dir / "results.json"
+    if res.is_file():
+        status = json.loads(res.read_text()).get("status")
+        if status in ("complete", "failed"):
+            return status
+    return "partial" if (run_dir / "config.yaml").is_file() else "todo"
+
+
+def run_cell(cell: Cell, cfg: Config, out: Path) -> dict:
+    from roli.training.pipeline import run
+
+    run_dir = out / cell.name
+    if (run_dir / "config.yaml").is_file():
+        saved = load_config(run_dir / "config.yaml")
+        if to_dict(saved) != to_dict(cfg):
+            diff = [f"{s}.{k}" for s in to_dict(cfg) for k in to_dict(cfg)[s]
+                    if to_dict(cfg)[s][k] != to_dict(saved).get(s, {}).get(k)]
+            raise ConfigError(f"{run_dir}: the recipe changed since this cell started ({diff[:5]}); restore it, "
+                              "or move the folder away to start the cell again")
+        log.info("sweep: resuming %s", run_dir)
+        return run(cfg, resume=run_dir, recipe=str(cell.recipe))
+    if run_dir.exists() and not any(run_dir.iterdir()):
+        run_dir.rmdir()  # an empty folder left by a kill right after it was made
+    return run(cfg, out=out, name=cell.name, recipe=str(cell.recipe))
+
+
+@dataclass
+class Plan:
+    grid: Grid
+    cells: list[Cell]
+    configs: list[Config]
+    costs: list[float | None]
+    shards: list[int]
+    shard: tuple[int, int]
+    out: Path
+
+    def selected(self) -> list[int]:
+        return [i for i, s in enumerate(self.shards) if s == self.shard[0] - 1]
+
+
+def plan(grid_path: str | Path, shard: str = "1/1", out: str | None = None, overrides: list[str] = ()) -> Plan:
+    """Expand and validate the whole grid (every recipe loads) before anything runs."""
+    grid = load_grid(grid_path)
+    i, n = parse_shard(shard)
+    cells = expand(grid, list(overrides))
+    configs = [cell_config(c) for c in cells]
+    costs = cell_costs(configs, grid.cost)
+    return Plan(grid, cells, configs, costs, shard_of(configs, costs, n), (i, n), Path(out or grid.out))
+
+
+def describe(p: Plan) -> str:
+    """The dry-run table: every cell of the grid, its shard, status and estimated GPU-hours."""
+    width = max(len(c.name) for c in p.cells)
+    lines = [f"grid {p.grid.path}: {len(p.cells)} cells, out {p.out}, shard {p.shard[0]}/{p.shard[1]} "
+             f"({len(p.selected())} cells)", f"{'#':>4}  {'shard':>5}  {'cell':<{width}}  {'status':<8}  est. GPU-h  recipe"]
+    for i, (cell, hours) in enumerate(zip(p.cells, p.costs)):
+        mark = "*" if p.shards[i] == p.shard[0] - 1 else " "
+        est = f"{hours:10.1f}" if hours is not None else f"{'?':>10}"
+        lines.append(f"{i + 1:>4}{mark} {p.shards[i] + 1:>5}  {cell.name:<{width}}  {cell_status(p.out, cell):<8}  "
+                     f"{est}  {cell.recipe}")
+    known = [h for h in p.costs if h is not None]
+    per_shard = [sum(h or 0 for h, s in zip(p.costs, p.shards) if s == k) for k in range(p.shard[1])]
+    lines.append(f"total: ~{sum(known):,.0f} GPU-hours for {len(known)} cells with a cost estimate "
+                 f"({len(p.cells) - len(known)} without); per shard: {', '.join(f'{h:,.0f}' for h in per_shard)}")
+    lines.append(f"estimates assume {p.grid.cost['gpu']}: fwd+bwd images/s {p.grid.cost['images_per_s']}; "
+                 "GPU-h = images x (PGD steps + 1) / that rate. * = in this shard.")
+    return "\n".join(lines)
+
+
+def run_sweep(p: Plan) -> dict[str, list[str]]:
+    """Run this shard's cells in grid order; returns cell names by outcome. Failures do not stop the sweep."""
+    outcome: dict[str, list[str]] = {"complete": [], "ran": [], "failed": [], "skipped_failed": []}
+    for i in p.selected():
+        cell, cfg = p.cells[i], p.configs[i]
+        status = cell_status(p.out, cell)
+        if status == "complete":
+            log.info("sweep: %s is complete, skipped", cell.name)
+            outcome["complete"].append(cell.name)
+            continue
+        if status == "failed":
+            log.warning("sweep: %s failed before (see its results.json); move its folder away to retry", cell.name)
+            outcome["skipped_failed"].append(cell.name)
+            continue
+        log.info("sweep: cell %d/%d %s (%s)", i + 1, len(p.cells), cell.name, cell.recipe)
+        try:
+            run_cell(cell, cfg, p.out)
+            outcome["ran"].append(cell.name)
+        except Exception as e:  # one broken cell (unsupported backbone, NaN, missing file) must not stop the grid
+            log.error("sweep: %s failed: %s: %s", cell.name, type(e).__name__, e)
+            outcome["failed"].append(f"{cell.name}: {type(e).__name__}: {e}")
+    status_file = p.out / f"sweep-shard{p.shard[0]}of{p.shard[1]}.json"
+    p.out.mkdir(parents=True, exist_ok=True)
+    status_file.write_text(json.dumps({"grid": str(p.grid.path), "shard": list(p.shard), **outcome}, indent=2))
+    return outcome
+
+
+def finished_dirs(p: Plan) -> list[Path]:
+    """Run folders of every complete cell of the grid (all shards: a shared output folder gives one report)."""
+    return [p.out / c.name for c in p.cells if cell_status(p.out, c) == "complete"]
