@@ -37,8 +37,8 @@ OPTIMIZER = {"linear_probe": "SGD"}  # AdamW elsewhere
 
 def swin_cell(method: str, init: str, dataset: str, lr: str, wd: str) -> str:
     opt = OPTIMIZER.get(method, "AdamW")
-    lines = [f"# {LABEL[method]}, {dataset}, {'RoLI' if init == 'roli' else 'RanLI'}; ARES Swin-B. "
-             f"Reference (spec §7): BASE_LR {lr}, WEIGHT_DECAY {wd}, {opt}."]
+    lines = [(f"# {LABEL[method]}, {dataset}, {'RoLI' if init == 'roli' else 'RanLI'}; ARES Swin-B. "
+              f"Reference (spec §7): BASE_LR {lr}, WEIGHT_DECAY {wd}, {opt}.")]
     if wd == "0" and opt == "AdamW":
         lines.append("# WEIGHT_DECAY 0: the reference's optimiser silently became SGD(momentum 0.9) here (B3). roli keeps "
                      "AdamW\n# without decay; --set train.optimizer=sgd reproduces the reference.")

@@ -337,3 +337,15 @@ def test_known_name_loads_with_table_normalisation(tmp_path, fake_known, monkeyp
     monkeypatch.setattr(known_mod, "known_checkpoints", lambda: table)
     with pytest.raises(CheckpointError, match="does not match the known checkpoint's deadbeef"):
         build_model(BackboneConfig(name="tiny_known", checkpoint=str(path)), num_classes=7)
+
+
+def test_roli_list_shows_known_checkpoints_and_formats(capsys):
+    from roli.cli.main import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in known_checkpoints().items():
+        assert f"{name}: {entry.arch}, format {entry.format}" in out
+    assert "checkpoint formats (backbone.format): auto, ares, madry, ms_swin, timm" in out
+    for dataset in ("cifar10", "cifar100", "caltech256", "cub200", "stanford_dogs", "image_folder"):
+        assert dataset in out

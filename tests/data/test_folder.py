@@ -38,7 +38,7 @@ def test_caltech256(tmp_path):
     assert sizes(splits) == (3 * 3, 3 * 1, 3 * 1)  # per class of 5: trainval 4 = 3 + 1, test 1
     assert all(f.startswith(("001.", "002.", "257.")) for f in splits.train.files)
     assert sorted(set(splits.test.labels.tolist())) == [0, 1, 2]  # every class in every split
-    x, y = splits.train[0]
+    x, _ = splits.train[0]
     assert x.shape == (3, 12, 12) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
 
 
@@ -123,7 +123,7 @@ def test_reference_json_split(tmp_path):
     root = write_cub200(tmp_path)
     files = sorted(p.relative_to(root / "CUB_200_2011" / "images").as_posix()
                    for p in (root / "CUB_200_2011" / "images").rglob("*.jpg"))
-    label = lambda f: f[:3]  # noqa: E731  (CUB labels are zero-padded strings in the reference files)
+    label = lambda f: f[:3]  # (CUB labels are zero-padded strings in the reference files)
     split_dir = write_split_json(tmp_path / "splits", {
         "train": {f: label(f) for f in files[0::3]}, "val": {f: label(f) for f in files[1::3]},
         "test": {f: label(f) for f in files[2::3]}})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,13 @@ def miniature_roots(tmp_path_factory):
 
 
 @pytest.fixture
+def run_root(tmp_path):
+    """The run folder, deleted after the test: a Swin-B cell writes ~1.5 GB of checkpoints (model + AdamW state)."""
+    yield tmp_path / "runs"
+    shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+@pytest.fixture
 def cpu_speed(one_thread):
     # A random-init Swin-B backpropagates denormal floats into its early layers; x86 CPUs process those ~50x
     # slower (a 1-step run goes from ~10 s to minutes). Flushing them to zero changes nothing a smoke test checks.
@@ -135,17 +143,17 @@ def cpu_speed(one_thread):
 
 @pytest.mark.parametrize("cell", [pytest.param(c, marks=() if c in REPRESENTATIVE else pytest.mark.slow)
                                   for c in CELLS])
-def test_paper_cell_smoke(cell, miniature_roots, cpu_speed, tmp_path):
+def test_paper_cell_smoke(cell, miniature_roots, cpu_speed, run_root):
     recipe = load_config(PAPER / cell)
     arch = known_checkpoints()[recipe.backbone.name].arch
     cfg = load_config(PAPER / cell, [f"backbone.name={arch}", "backbone.checkpoint=null",
                                      f"data.root={miniature_roots[recipe.data.name]}", *SMOKE])
     if cell.startswith("swin_b/vpt_deep"):  # roli has VPT for ViT only; the cell fails clearly (grid excludes it)
         with pytest.raises(UnsupportedBackbone, match="Swin VPT is not implemented"):
-            run(cfg, out=tmp_path, name="smoke")
+            run(cfg, out=run_root, name="smoke")
         return
-    res = run(cfg, out=tmp_path, name="smoke")
-    saved = json.loads((tmp_path / "smoke" / "results.json").read_text())
+    res = run(cfg, out=run_root, name="smoke")
+    saved = json.loads((run_root / "smoke" / "results.json").read_text())
     assert res["status"] == saved["status"] == "complete"
     assert len(saved["history"]) == 1 and saved["selected_epoch"] == 1
     assert 0 <= saved["test"]["clean"] <= 100 and 0 <= saved["test"]["pgd"] <= 100 and saved["test"]["n"] == 2

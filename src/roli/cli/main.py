@@ -75,11 +75,10 @@ def _fields(cls) -> str:
 def _list(a: argparse.Namespace) -> int:
     from roli.attacks import ATTACKS
     from roli.backbones import BACKBONES
-    from roli.data import DATASETS
-    from roli.transfer import TRANSFER
-
     from roli.backbones.convert import CONVERTERS
     from roli.backbones.known import known_checkpoints
+    from roli.data import DATASETS
+    from roli.transfer import TRANSFER
 
     print("backbones:", ", ".join(BACKBONES.names()), "+ any timm architecture (weights from a local file)")
     print("known checkpoints (backbone.name; pass the file as backbone.checkpoint):")

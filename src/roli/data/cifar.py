@@ -88,7 +88,7 @@ def load_cifar(cfg: DataConfig, name: str) -> Splits:
         if labels.min() < 0 or labels.max() >= num_classes:
             raise DataError(f"{folder}: {part} labels outside 0..{num_classes - 1}; is this {name}?")
     full = ImageTensors(x, y)
-    n_val = int(round(len(full) * cfg.val_fraction))
+    n_val = round(len(full) * cfg.val_fraction)
     # The reference's split: val is the *last* val_fraction of the official train order, not a random carve.
     train, val = full.subset(np.arange(len(full) - n_val)), full.subset(np.arange(len(full) - n_val, len(full)))
     return finish(cfg, train, val, ImageTensors(x_test, y_test), num_classes, f"cifar-python:{folder}",

@@ -19,6 +19,7 @@ such files instead and counts them in results.json.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -99,7 +100,7 @@ def per_class_carve(labels: np.ndarray, counts: Callable[[int], Sequence[int]], 
         if min(sizes, default=1) < 1 or sum(sizes) >= len(idx):
             raise DataError(f"{where}: class {c} has only {len(idx)} images, too few for a train/val/test split")
         bounds = np.cumsum([0, *sizes, len(idx) - sum(sizes)])
-        parts.append([idx[a:b] for a, b in zip(bounds[:-1], bounds[1:])])
+        parts.append([idx[a:b] for a, b in itertools.pairwise(bounds)])
     return [np.sort(np.concatenate(p)) for p in zip(*parts)]
 
 
@@ -166,7 +167,7 @@ def carve_official(cfg: DataConfig, image_dir: Path, files: list[str], labels: n
     train_idx = np.flatnonzero(is_train)
     tr, va = per_class_carve(labels[train_idx], lambda n: [n - min(val_per_class, n - 1)], cfg.split_seed,
                              str(image_dir))
-    pick = lambda idx: ([files[i] for i in idx], labels[idx])  # noqa: E731
+    pick = lambda idx: ([files[i] for i in idx], labels[idx])
     parts = {"train": pick(train_idx[tr]), "val": pick(train_idx[va]), "test": pick(np.flatnonzero(~is_train))}
     return build_splits(cfg, image_dir, parts, int(labels.max()) + 1, source)
 
@@ -218,7 +219,7 @@ def caltech256(cfg: DataConfig) -> Splits:
     labels = np.asarray(labels)
 
     tr, va, te = per_class_carve(labels, caltech_counts, cfg.split_seed, str(root))
-    pick = lambda idx: ([files[i] for i in idx], labels[idx])  # noqa: E731
+    pick = lambda idx: ([files[i] for i in idx], labels[idx])
     return build_splits(cfg, root, {"train": pick(tr), "val": pick(va), "test": pick(te)}, int(labels.max()) + 1,
                         f"caltech256:{root}")
 

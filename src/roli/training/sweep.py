@@ -162,7 +162,7 @@ def shard_of(configs: list[Config], costs: list[float | None], n: int) -> list[i
     groups: dict[str, list[int]] = {}
     for i, cfg in enumerate(configs):
         groups.setdefault(stage1_group(cfg) or f"cell-{i}", []).append(i)
-    weight = lambda idx: sum(costs[i] if costs[i] is not None else 1.0 for i in idx)  # noqa: E731
+    weight = lambda idx: sum(costs[i] if costs[i] is not None else 1.0 for i in idx)
     load, shard = [0.0] * n, [0] * len(configs)
     for idx in sorted(groups.values(), key=lambda idx: (-weight(idx), idx[0])):
         target = min(range(n), key=lambda s: (load[s], s))
@@ -241,8 +241,9 @@ def plan(grid_path: str | Path, shard: str = "1/1", out: str | None = None, over
 def describe(p: Plan) -> str:
     """The dry-run table: every cell of the grid, its shard, status and estimated GPU-hours."""
     width = max(len(c.name) for c in p.cells)
-    lines = [f"grid {p.grid.path}: {len(p.cells)} cells, out {p.out}, shard {p.shard[0]}/{p.shard[1]} "
-             f"({len(p.selected())} cells)", f"{'#':>4}  {'shard':>5}  {'cell':<{width}}  {'status':<8}  est. GPU-h  recipe"]
+    lines = [(f"grid {p.grid.path}: {len(p.cells)} cells, out {p.out}, shard {p.shard[0]}/{p.shard[1]} "
+              f"({len(p.selected())} cells)"),
+             f"{'#':>4}  {'shard':>5}  {'cell':<{width}}  {'status':<8}  est. GPU-h  recipe"]
     for i, (cell, hours) in enumerate(zip(p.cells, p.costs)):
         mark = "*" if p.shards[i] == p.shard[0] - 1 else " "
         est = f"{hours:10.1f}" if hours is not None else f"{'?':>10}"
@@ -275,7 +276,7 @@ def run_sweep(p: Plan) -> dict[str, list[str]]:
         try:
             run_cell(cell, cfg, p.out)
             outcome["ran"].append(cell.name)
-        except Exception as e:  # one broken cell (unsupported backbone, NaN, missing file) must not stop the grid
+        except Exception as e:  # noqa: BLE001  (one broken cell (unsupported backbone, NaN, missing file) must not stop the grid)
             log.error("sweep: %s failed: %s: %s", cell.name, type(e).__name__, e)
             outcome["failed"].append(f"{cell.name}: {type(e).__name__}: {e}")
     status_file = p.out / f"sweep-shard{p.shard[0]}of{p.shard[1]}.json"
