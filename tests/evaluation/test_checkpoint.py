@@ -62,3 +62,28 @@ def test_non_roli_file_is_refused(tmp_path):
     torch.save({"w": torch.zeros(2)}, path)
     with pytest.raises(CheckpointError, match="not a roli checkpoint"):
         evaluate_checkpoint(str(path))
+
+
+def test_load_model_does_not_need_the_original_backbone_file(tmp_path):
+    """best.pt holds every weight: re-evaluating must work after the pretrained backbone file moved away."""
+    import dataclasses
+
+    import torch
+
+    from roli.backbones import build_model
+    from roli.backbones.checkpoints import atomic_save
+    from roli.config import Config, to_dict
+    from roli.evaluation.checkpoint import load_model
+    from roli.transfer import build_transfer
+
+    cfg = Config()  # a known-checkpoint name, whose file is required for training but not for re-evaluation
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, name="madry_resnet50_linf_4",
+                                                                checkpoint=str(tmp_path / "gone.pt")))
+    model = build_transfer(cfg.transfer).apply(build_model(cfg.backbone, 4, load_weights=False))
+    path = tmp_path / "best.pt"
+    atomic_save({"format": "roli", "model": model.state_dict(), "config": to_dict(cfg), "classifier": "head",
+                 "num_classes": 4}, path)
+    loaded, _ = load_model(str(path))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))

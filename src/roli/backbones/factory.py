@@ -40,7 +40,9 @@ def _timm_factory(cfg: BackboneConfig, num_classes: int | None) -> tuple[nn.Modu
     return net, {"mean": tuple(pc.get("mean", IMAGENET["mean"])), "std": tuple(pc.get("std", IMAGENET["std"]))}
 
 
-def build_model(cfg: BackboneConfig, num_classes: int | None = None) -> Classifier:
+def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weights: bool = True) -> Classifier:
+    """The architecture with its normalisation; `load_weights=False` skips the pretrained file (the caller loads a
+    full roli checkpoint instead, so `roli eval` works even if the original backbone file has moved)."""
     if cfg.pretrained or (cfg.checkpoint or "").startswith(("hf-hub:", "http://", "https://", "timm/")):
         raise BackboneError(
             "roli never downloads weights (and offline it cannot). Download the checkpoint yourself, then pass "
@@ -48,12 +50,12 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None) -> Classifi
         )
     from roli.backbones.known import resolve_known
 
-    cfg, known = resolve_known(cfg)  # a known-checkpoint name -> its timm architecture and key format
+    cfg, known = resolve_known(cfg, need_file=load_weights)  # a known name -> its timm architecture and key format
     factory = BACKBONES.get(cfg.name) if cfg.name in BACKBONES else _timm_factory
     net, defaults = factory(cfg, num_classes)
     head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier", "head")
     net.roli_classifier = head  # type: ignore[attr-defined]
-    checkpoint = cfg.checkpoint or defaults.get("checkpoint")
+    checkpoint = (cfg.checkpoint or defaults.get("checkpoint")) if load_weights else None
     loaded = None
     if checkpoint:
         loaded = load_checkpoint(net, checkpoint, head, cfg.format, cfg.key_map, known.sha256 if known else None)

@@ -43,12 +43,13 @@ def known_checkpoints() -> dict[str, KnownCheckpoint]:
         raise RuntimeError(str(e)) from None
 
 
-def resolve_known(cfg: BackboneConfig) -> tuple[BackboneConfig, KnownCheckpoint | None]:
-    """Replace a known-checkpoint name by its architecture and format; the file must be given."""
+def resolve_known(cfg: BackboneConfig, need_file: bool = True) -> tuple[BackboneConfig, KnownCheckpoint | None]:
+    """Replace a known-checkpoint name by its architecture and format; the file must be given (unless the weights
+    come from elsewhere, e.g. a roli checkpoint being re-evaluated)."""
     entry = known_checkpoints().get(cfg.name)
     if entry is None:
         return cfg, None
-    if not cfg.checkpoint:
+    if not cfg.checkpoint and need_file:
         raise CheckpointError(
             f"backbone {cfg.name!r} is a known checkpoint: pass its file with `backbone.checkpoint: /path` "
             f"(obtain it from: {entry.source}). For a random-init model of the same architecture use "

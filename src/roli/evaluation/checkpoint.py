@@ -23,7 +23,7 @@ def load_model(path: str) -> tuple[torch.nn.Module, Config]:
         raise CheckpointError(f"{path} is not a roli checkpoint (expected best.pt of a run or a `roli export` file)")
     cfg = from_dict(Config, ckpt["config"], "checkpoint config")
     # The weights come from the file itself: do not load the backbone's original checkpoint again.
-    model = build_model(dataclasses.replace(cfg.backbone, checkpoint=None, pretrained=False), ckpt["num_classes"])
+    model = build_model(dataclasses.replace(cfg.backbone, pretrained=False), ckpt["num_classes"], load_weights=False)
     model = build_transfer(cfg.transfer).apply(model)
     model.load_state_dict(ckpt["model"])
     return model.eval(), cfg
