@@ -97,32 +97,18 @@ def robust_mlp():
 
     Random digits, not `train_limit`: the shipped MNIST is stored by class, so the first N are only 0s, 1s and 2s.
     """
-    import torch.nn.functional as F
-    from torch import nn
     from torch.utils.data import Subset
 
-    from roli.attacks import build_attack
-    from roli.config import AttackConfig, DataConfig
+    from roli.config import DataConfig
     from roli.data import build_data, make_loader
+    from tiny_models import adversarially_trained_mlp
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     splits = build_data(DataConfig(name="mnist"))
     idx = torch.randperm(len(splits.train.labels), generator=torch.Generator().manual_seed(0))[:2000]
     xs, ys = splits.train.images[idx].float() / 255, splits.train.labels[idx]
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    attack = build_attack(AttackConfig(eps=0.1, step_size=0.04, steps=3))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(5):
-        perm = torch.randperm(len(ys))
-        for i in range(0, len(ys), 100):
-            x, y = xs[perm[i : i + 100]], ys[perm[i : i + 100]]
-            loss = F.cross_entropy(model(attack(model, x, y)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = adversarially_trained_mlp(xs, ys)
     torch.set_num_threads(before)
     loader = make_loader(Subset(splits.test, range(0, len(splits.test), len(splits.test) // 100)), 50, shuffle=False)
     x_test = torch.cat([x for x, _ in loader])

@@ -14,6 +14,7 @@ from roli.attacks.pgd import FGSM, PGD, margin_loss
 from roli.config import AttackConfig, DataConfig
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import accuracy
+from tiny_models import adversarially_trained_mlp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -317,20 +318,8 @@ EVAL_EPS = 0.2  # above the training budget, so the attacks separate clearly
 def robust(one_thread):
     """An MLP adversarially trained (PGD-3, eps 0.1) on 2,000 shipped MNIST digits (all 10 classes): ~1 s on one core."""
     splits = build_data(DataConfig(name="mnist", train_limit=2000, test_limit=500))
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    attack = build_attack(AttackConfig(eps=TRAIN_EPS, step_size=0.04, steps=3))
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
     xs, ys = splits.train.images.float() / 255, splits.train.labels
-    for _ in range(5):
-        perm = torch.randperm(len(ys))
-        for i in range(0, len(ys), 100):
-            x, y = xs[perm[i : i + 100]], ys[perm[i : i + 100]]
-            loss = F.cross_entropy(model(attack(model, x, y)), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = adversarially_trained_mlp(xs, ys)
     loader = make_loader(splits.test, 250, shuffle=False)
     x_test = torch.cat([x for x, _ in loader])
     y_test = torch.cat([y for _, y in loader])

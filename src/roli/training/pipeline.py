@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 import roli
+from roli.attacks import build_attack
 from roli.backbones import build_model
+from roli.backbones.checkpoints import load_file
 from roli.config import Config, TransferConfig, config_hash, dump_config, to_dict
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import evaluate
-from roli.attacks import build_attack
-from roli.backbones.checkpoints import load_file
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
