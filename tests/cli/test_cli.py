@@ -175,12 +175,17 @@ def test_roli_help_subprocess():
 # --------------------------------------------------------------------------- evaluation suites
 
 
+def eval_suite(run_dir, tmp_path, capsys, suite: str) -> dict:
+    """`roli eval --suite SUITE` on 16 test images of the run; returns the JSON it wrote."""
+    out = tmp_path / f"{suite}.json"
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--suite", suite, "--limit", "16",
+                 "--output", str(out)]) == 0, capsys.readouterr().err
+    return json.loads(out.read_text())
+
+
 def test_eval_quick_suite_records_settings_versions_and_checks(finished_run, tmp_path, capsys):
     run_dir, _, cfg = finished_run
-    out = tmp_path / "quick.json"
-    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--suite", "quick", "--limit", "16",
-                 "--output", str(out)]) == 0, capsys.readouterr().err
-    data = json.loads(out.read_text())
+    data = eval_suite(run_dir, tmp_path, capsys, "quick")
     assert data["suite"] == "quick" and set(data["results"]) == {"clean", "pgd"}
     pgd = data["attacks"]["pgd"]
     assert (pgd["name"], pgd["steps"], pgd["eps"], pgd["norm"]) == ("pgd", 10, cfg.attack.eps, "linf")  # PGD-10
@@ -222,10 +227,7 @@ def test_eval_full_suite_with_a_custom_autoattack(finished_run, tmp_path, capsys
 
 def test_eval_sweep_suite(finished_run, tmp_path, capsys):
     run_dir, _, cfg = finished_run
-    out = tmp_path / "sweep.json"
-    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--suite", "sweep", "--limit", "16",
-                 "--output", str(out)]) == 0, capsys.readouterr().err
-    data = json.loads(out.read_text())
+    data = eval_suite(run_dir, tmp_path, capsys, "sweep")
     eps = cfg.attack.eps
     assert [p["eps"] for p in data["sweep"]] == pytest.approx([0, eps / 4, eps / 2, eps, 2 * eps, 0.5])
     assert data["sweep"][0]["acc"] == data["results"]["clean"]["acc"]

@@ -63,9 +63,7 @@ def load_backbone_weights(net: nn.Module, state: dict[str, torch.Tensor], head: 
             f"{path} does not fit this architecture: missing {missing[:8]} ({len(missing)}), "
             f"unexpected {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
         )
-    report = {"loaded": len(state), "missing_head": sorted(result.missing_keys)}
-    log.info("loaded %d tensors from %s (new head: %s)", len(state), path, report["missing_head"])
-    return report
+    return {"loaded": len(state), "missing_head": sorted(result.missing_keys)}
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

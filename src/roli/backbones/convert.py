@@ -233,6 +233,7 @@ def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "aut
                   dropped_examples=list(conv.dropped)[:5])
     if conv.mean is not None:
         report.update(mean=conv.mean, std=conv.std)
-    log.info("checkpoint %s: format %s, %d keys renamed, %d dropped (%s)", path, conv.format, len(conv.renamed),
-             len(conv.dropped), ", ".join(sorted(set(conv.dropped.values()))) or "none")
+    log.info("loaded %d tensors from %s: format %s, %d keys renamed, %d dropped (%s), new head %s",
+             report["loaded"], path, conv.format, len(conv.renamed), len(conv.dropped),
+             ", ".join(sorted(set(conv.dropped.values()))) or "none", report["missing_head"])
     return report
