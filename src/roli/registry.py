@@ -1,17 +1,36 @@
-"""A tiny name -> object registry: adding a backbone, method, attack or dataset is one new file."""
+"""Name -> object registries on the ground floor: adding a backbone, method, attack or dataset is one new file.
+
+Each registry knows the package whose modules fill it and imports that package (by name) the first time it is
+asked for an entry, so `roli.config` can resolve `name: pgd` to PGD's config class without importing
+`roli.attacks` itself: the dependency arrows point up only at run time, through this file.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    """Registered entries by name; `package` (a dotted module name) is imported on first look-up to fill it."""
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
         self.kind = kind
+        self.package = package
         self._entries: dict[str, T] = {}
+
+    def _fill(self) -> None:
+        if self.package is not None:
+            package, self.package = self.package, None  # once; a failing import raises again next time
+            try:
+                importlib.import_module(package)
+            except BaseException:
+                self.package = package
+                raise
 
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -23,14 +42,17 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        self._fill()
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} {name!r}; choose one of {self.names()}")
         return self._entries[name]
 
     def names(self) -> list[str]:
+        self._fill()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._fill()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -39,9 +61,14 @@ class Registry(Generic[T]):
 
 def import_submodules(package_name: str, package_path: list[str]) -> None:
     """Import every module of a subpackage so its @register decorators run."""
-    import importlib
-    import pkgutil
-
     for info in pkgutil.iter_modules(package_path):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package_name}.{info.name}")
+
+
+# The registries. Entries are classes (attacks, transfer methods: each carries its `config_cls`) or factories.
+ATTACKS: Registry[Any] = Registry("attack", "roli.attacks")
+TRANSFER: Registry[Any] = Registry("transfer method", "roli.transfer")
+BACKBONES: Registry[Any] = Registry("backbone", "roli.backbones")
+DATASETS: Registry[Any] = Registry("dataset", "roli.data")
+CONVERTERS: Registry[Any] = Registry("checkpoint format", "roli.backbones.convert")

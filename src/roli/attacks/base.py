@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from roli.config import AttackConfig
-from roli.registry import Registry
+from roli.registry import ATTACKS
 
-ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from roli.backbones.checkpoints import CheckpointError, extract_state_dict, load_backbone_weights, load_file
-from roli.registry import Registry
+from roli.registry import CONVERTERS
 
 log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
@@ -46,7 +46,6 @@ class Conversion:
 
 
 Converter = Callable[[State, nn.Module], Conversion]
-CONVERTERS: Registry[Converter] = Registry("checkpoint format")
 
 
 def _rename(state: State, fmt: str, rules: Sequence[tuple[str, str]]) -> Conversion:

@@ -11,11 +11,10 @@ from torch import nn
 from roli.backbones.convert import load_checkpoint
 from roli.backbones.normalize import Classifier, PixelNormalize
 from roli.config import BackboneConfig
-from roli.registry import Registry
+from roli.registry import BACKBONES
 
 # A factory returns (net, defaults): defaults hold mean, std and optionally a packaged `checkpoint`.
 BackboneFactory = Callable[[BackboneConfig, int | None], tuple[nn.Module, dict[str, Any]]]
-BACKBONES: Registry[BackboneFactory] = Registry("backbone")
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 

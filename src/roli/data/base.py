@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roli.config import DataConfig
-from roli.registry import Registry
+from roli.registry import DATASETS
 
 
 class DataError(ValueError):
@@ -52,7 +52,6 @@ class Splits:
         return getattr(self, name)
 
 
-DATASETS: Registry[Callable[[DataConfig], Splits]] = Registry("dataset")
 
 
 def membership_hash(members) -> str:

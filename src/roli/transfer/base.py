@@ -8,9 +8,8 @@ from torch import nn
 
 from roli.backbones.normalize import Classifier
 from roli.config import TransferConfig
-from roli.registry import Registry
+from roli.registry import TRANSFER
 
-TRANSFER: Registry[type[TransferMethod]] = Registry("transfer method")
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
