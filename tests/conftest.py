@@ -12,11 +12,12 @@ from roli.config import load_config
 TINY = {
     "backbone": {"name": "vit_tiny_28"},
     "data": {"name": "synthetic", "batch_size": 64, "eval_batch_size": 128},
-    "attack": {"eps": 0.1, "step_size": 0.05, "steps": 2},
+    "threat": {"eps": 0.1},
+    "attack": {"step_size": 0.05, "steps": 2},
     "transfer": {"name": "full_finetune", "init": "ranli"},
     "train": {"epochs": 2, "lr": 1e-3, "warmup_epochs": 0.5},
     "stage1": {"epochs": 1},
-    "eval": {"attack_steps": 3},
+    "eval": {"attack": {"steps": 3, "step_size": 0.05}},
     "run": {"threads": 2},
 }
 

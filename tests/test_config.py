@@ -9,14 +9,15 @@ import textwrap
 import pytest
 
 from roli.config import (
-    AttackConfig,
     Config,
     ConfigError,
     TrainConfig,
     config_hash,
     dump_config,
     load_config,
+    from_dict,
     parse_overrides,
+    upgrade,
 )
 
 
@@ -83,7 +84,7 @@ def test_recipe_must_be_a_mapping_and_exist(tmp_path):
         ("train: {lr: true}", "train.lr", "number (or a fraction like 8/255)"),
         ("train: {lr: fast}", "train.lr", "number (or a fraction like 8/255)"),
         ("train: {lr: .inf}", "train.lr", "expected a finite number"),
-        ("attack: {eps: .nan}", "attack.eps", "expected a finite number"),
+        ("threat: {eps: .nan}", "threat.eps", "expected a finite number"),
         ("data: {name: 3}", "data.name", "expected a string"),
         ("train: {betas: 0.9}", "train.betas", "expected a list"),
         ("train: {betas: [0.9, 0.99, 0.999]}", "train.betas", "expected 2 values"),
@@ -114,10 +115,10 @@ def test_optional_fields_accept_null_and_values(tmp_path):
 
 def test_exponent_notation_floats_are_numbers(tmp_path):
     """PyYAML (YAML 1.1) reads `1e-3` as the string '1e-3'; it must still be accepted as a number."""
-    cfg = load_config(write(tmp_path, "train: {lr: 1e-3, adam_eps: 1e-8}\n"), overrides=["attack.eps=5e-2"])
+    cfg = load_config(write(tmp_path, "train: {lr: 1e-3, adam_eps: 1e-8}\n"), overrides=["threat.eps=5e-2"])
     assert cfg.train.lr == pytest.approx(1e-3)
     assert cfg.train.adam_eps == pytest.approx(1e-8)
-    assert cfg.attack.eps == pytest.approx(5e-2)
+    assert cfg.threat.eps == pytest.approx(5e-2)
 
 
 @pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=1e999", "train.grad_clip=Infinity",
@@ -133,7 +134,7 @@ def test_non_finite_number_strings_are_errors(override):
 @pytest.mark.parametrize(
     "yaml_text, fragment",
     [
-        ("attack: {eps: -0.1}", "eps must be >= 0"),
+        ("threat: {eps: -0.1}", "eps must be >= 0"),
         ("attack: {steps: 0}", "steps must be >= 1"),
         ("attack: {step_size: 0}", "step_size must be > 0"),
         ("attack: {restarts: 0}", "restarts must be >= 1"),
@@ -145,10 +146,12 @@ def test_non_finite_number_strings_are_errors(override):
         ("data: {val_fraction: 1.0}", "val_fraction must be in (0, 1)"),
         ("data: {batch_size: 0}", "batch sizes must be >= 1"),
         ("data: {train_limit: 0}", "train_limit must be >= 1"),
-        ("backbone: {drop_rate: 1.0}", "drop rates must be in [0, 1)"),
+        ("backbone: {drop_rate: 1.0}", "drop_rate must be in [0, 1)"),
         ("backbone: {mean: [0.5]}", "give both mean and std"),
         ("backbone: {mean: [0.5], std: [0.0]}", "std must be > 0"),
-        ("eval: {attack_steps: 0}", "attack_steps must be >= 1"),
+        ("eval: {attack: {steps: 0}}", "steps must be >= 1"),
+        ("threat: {eps: 8}", "did you mean 8/255?"),
+        ("backbone: {proj_drop_rate: 1.0}", "proj_drop_rate must be in [0, 1)"),
     ],
 )
 def test_impossible_values_are_errors(tmp_path, yaml_text, fragment):
@@ -157,22 +160,22 @@ def test_impossible_values_are_errors(tmp_path, yaml_text, fragment):
     assert str(path) in msg
     assert fragment in msg
     section = yaml_text.split(":")[0]
-    assert f"{section}: " in msg  # the section is named
+    assert f"{section}: " in msg or f"{section}." in msg  # the section is named
 
 
 def test_eps_fraction_parses(tmp_path):
-    cfg = load_config(write(tmp_path, "attack: {eps: 8/255, step_size: 2 / 255}\n"))
-    assert cfg.attack.eps == 8 / 255
+    cfg = load_config(write(tmp_path, "threat: {eps: 8/255}\nattack: {step_size: 2 / 255}\n"))
+    assert cfg.threat.eps == 8 / 255
     assert cfg.attack.step_size == 2 / 255
 
 
 def test_fraction_by_zero_is_an_error(tmp_path):
-    assert "attack.eps" in load_error(write(tmp_path, "attack: {eps: 8/0}\n"))
+    assert "threat.eps" in load_error(write(tmp_path, "threat: {eps: 8/0}\n"))
 
 
 def test_literal_choice_error_lists_choices(tmp_path):
-    msg = load_error(write(tmp_path, "attack: {norm: l1}\n"))
-    assert "attack.norm" in msg and "'l1'" in msg
+    msg = load_error(write(tmp_path, "threat: {norm: l1}\n"))
+    assert "threat.norm" in msg and "'l1'" in msg
     assert "['linf', 'l2']" in msg
     msg = load_error(write(tmp_path, "train: {optimizer: adam}\n"))
     assert "['sgd', 'adamw']" in msg
@@ -196,12 +199,12 @@ def test_unknown_attack_lists_registered_attacks(tmp_path):
 
 
 def test_overrides_are_applied(tmp_path):
-    path = write(tmp_path, "train: {epochs: 2, lr: 0.1}\nattack: {eps: 0.1}\n")
-    cfg = load_config(path, overrides=["train.epochs=7", "attack.eps=8/255", "run.deterministic=true",
+    path = write(tmp_path, "train: {epochs: 2, lr: 0.1}\nthreat: {eps: 0.1}\n")
+    cfg = load_config(path, overrides=["train.epochs=7", "threat.eps=8/255", "run.deterministic=true",
                                        "data.name=fashion_mnist", "data.train_limit=null"])
     assert cfg.train.epochs == 7
     assert cfg.train.lr == 0.1  # untouched keys of the same section survive
-    assert cfg.attack.eps == 8 / 255
+    assert cfg.threat.eps == 8 / 255
     assert cfg.run.deterministic is True
     assert cfg.data.name == "fashion_mnist"
     assert cfg.data.train_limit is None
@@ -213,8 +216,8 @@ def test_overrides_are_applied(tmp_path):
         ("train.epochs=three", "train.epochs: expected an integer"),
         ("train.epochs='3'", "train.epochs: expected an integer"),
         ("run.deterministic=1", "run.deterministic: expected true or false"),
-        ("attack.eps=-1", "eps must be >= 0"),
-        ("attack.norm=l3", "['linf', 'l2']"),
+        ("threat.eps=-1", "eps must be >= 0"),
+        ("threat.norm=l3", "['linf', 'l2']"),
         ("train.epocs=3", "'epocs'"),
         ("train.epochs=1", "warmup_epochs must be in [0, epochs]"),  # file has warmup 1.5
     ],
@@ -236,7 +239,7 @@ def test_override_syntax_errors():
 def test_overrides_with_data_dict(tiny_cfg):
     cfg = tiny_cfg(["attack.steps=4"])
     assert cfg.attack.steps == 4
-    assert cfg.attack.eps == 0.1 and cfg.attack.step_size == 0.05  # the rest of the section is kept
+    assert cfg.threat.eps == 0.1 and cfg.attack.step_size == 0.05  # the rest of the section is kept
     assert tiny_cfg().attack.steps == 2  # the recipe dict itself is not mutated by the override
 
 
@@ -248,7 +251,7 @@ def test_base_include_merges_and_overrides(tmp_path):
     write(tmp_path, """
         data: {name: fashion_mnist, batch_size: 32}
         train: {epochs: 4, lr: 0.2, warmup_epochs: 1}
-        attack: {eps: 8/255}
+        threat: {eps: 8/255}
     """, "grand.yaml")
     write(tmp_path, """
         base: ../grand.yaml
@@ -265,7 +268,7 @@ def test_base_include_merges_and_overrides(tmp_path):
     assert cfg.train.lr == 0.05  # middle wins over grandparent
     assert cfg.train.warmup_epochs == 1.0  # grandparent value kept (deep merge, not section replace)
     assert cfg.data.name == "fashion_mnist" and cfg.data.batch_size == 16
-    assert cfg.attack.eps == 8 / 255
+    assert cfg.threat.eps == 8 / 255
     assert cfg.run.seed == 3
 
 
@@ -308,8 +311,8 @@ def test_base_errors_are_still_type_checked(tmp_path):
 
 
 def test_dump_load_round_trip(tmp_path, tiny_cfg):
-    cfg = tiny_cfg(["attack.eps=8/255", "backbone.mean=[0.5]", "backbone.std=[0.25]", "train.grad_clip=1.5",
-                    "train.betas=[0.8, 0.95]", "eval.attack_step_size=0.01", "run.name=x"])
+    cfg = tiny_cfg(["threat.eps=8/255", "backbone.mean=[0.5]", "backbone.std=[0.25]", "train.grad_clip=1.5",
+                    "train.betas=[0.8, 0.95]", "eval.attack.step_size=0.01", "run.name=x"])
     path = tmp_path / "dumped.yaml"
     dump_config(cfg, path)
     again = load_config(path)
@@ -329,25 +332,70 @@ def test_config_hash_stable_and_sensitive(tiny_cfg):
     h = config_hash(a)
     assert re.fullmatch(r"[0-9a-f]{16}", h)
     assert config_hash(b) == h
-    assert config_hash(tiny_cfg(["attack.eps=0.11"])) != h
+    assert config_hash(tiny_cfg(["threat.eps=0.11"])) != h
     assert config_hash(tiny_cfg(["run.seed=1"])) != h
-    assert config_hash(a.attack) != config_hash(a.eval_attack())
+    assert config_hash(a.attack) != config_hash(a.eval.attack)
     assert config_hash(a, "x") != config_hash(a, "y")
 
 
-def test_eval_attack_uses_eval_settings(tiny_cfg):
+def test_one_threat_model_for_training_and_evaluation(tiny_cfg):
     cfg = tiny_cfg()
-    atk = cfg.eval_attack()
-    assert isinstance(atk, AttackConfig)
-    assert atk.steps == cfg.eval.attack_steps == 3
-    assert cfg.attack.steps == 2  # the training attack is unchanged
-    assert atk.eps == cfg.attack.eps and atk.norm == cfg.attack.norm
-    assert atk.step_size == cfg.attack.step_size  # attack_step_size null = the training step size
-    assert atk.restarts == cfg.eval.restarts
+    assert (cfg.threat.norm, cfg.threat.eps) == ("linf", 0.1)
+    assert (cfg.attack.name, cfg.attack.steps) == ("pgd", 2) and (cfg.eval.attack.name, cfg.eval.attack.steps) == \
+        ("pgd", 3)
+    assert not hasattr(cfg.attack, "eps") and not hasattr(cfg.eval.attack, "norm")  # nowhere else to differ
+    assert Config().attack.steps == 7 and Config().eval.attack.steps == 10  # the paper's PGD-7 / PGD-10
 
-    cfg = tiny_cfg(["eval.attack_step_size=0.01", "eval.restarts=2", "eval.attack_steps=20"])
-    atk = cfg.eval_attack()
-    assert (atk.steps, atk.step_size, atk.restarts) == (20, 0.01, 2)
+
+@pytest.mark.parametrize("text, match", [
+    ("attack: {name: fgsm, steps: 50}\n", r"attack: unknown key\(s\) \['steps'\]; valid keys are \['name', 'loss'\]"),
+    ("eval: {attack: {name: autoattack, step_size: 0.1}}\n", r"eval.attack: unknown key\(s\) \['step_size'\]"),
+    ("attack: {name: autoattack}\n", r"'autoattack' cannot be a training attack; choose one of \['fgsm', 'pgd'\]"),
+])
+def test_each_attack_has_only_its_own_fields(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, text))
+
+
+def test_switching_the_attack_by_set_drops_the_old_attacks_fields(tiny_cfg):
+    cfg = tiny_cfg(["attack.name=fgsm"])  # the recipe's PGD steps/step_size do not follow FGSM
+    assert cfg.attack.name == "fgsm" and cfg.threat.eps == 0.1
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['steps'\]"):
+        tiny_cfg(["attack.name=fgsm", "attack.steps=50"])
+    cfg = tiny_cfg(["eval.attack.name=autoattack", "eval.attack.version=custom", "eval.attack.attacks=[apgd-ce]"])
+    assert cfg.eval.attack.attacks == ("apgd-ce",)
+
+
+@pytest.mark.parametrize("text", [
+    "attack: {name: pgd, eps: 8/255, norm: linf}\n",
+    "eval: {attack_steps: 10, attack_step_size: 2/255}\n",
+    "transfer: {head_bias: focal}\n",
+])
+def test_old_style_recipes_fail_with_the_conversion(tmp_path, text):
+    msg = load_error(write(tmp_path, text))
+    assert "roli 0.1 key" in msg and "->" in msg
+    assert any(new in msg for new in ("threat.eps", "eval.attack.steps", "transfer.head_init"))
+
+
+def test_old_config_dicts_upgrade_to_the_same_config():
+    old = {"attack": {"name": "pgd", "norm": "linf", "eps": 0.1, "step_size": 0.05, "steps": 5},
+           "eval": {"attack_steps": 10, "attack_step_size": 0.025, "restarts": 1, "select": "robust"},
+           "transfer": {"name": "linear_probe", "head_bias": "focal"}}
+    cfg = from_dict(Config, upgrade(old), "")
+    assert (cfg.threat.eps, cfg.attack.steps, cfg.eval.attack.steps, cfg.eval.attack.step_size) == (0.1, 5, 10, 0.025)
+    assert cfg.transfer.head_init == "paper"
+
+
+@pytest.mark.parametrize("over, warns", [
+    (["attack.step_size=0.2"], "exceeds eps"),  # eps 0.1
+    (["eval.attack.steps=1", "eval.attack.step_size=0.05"], "cannot reach the ball's boundary"),
+    ([], None),
+])
+def test_suspicious_pgd_settings_warn(tiny_cfg, caplog, over, warns):
+    with caplog.at_level("WARNING", logger="roli.config"):
+        tiny_cfg(over)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert (warns in text) if warns else not text
 
 
 def test_partial_stage1_keeps_the_stage1_defaults(tmp_path):

@@ -4,15 +4,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roli.attacks import build_attack
-from roli.config import AttackConfig
+from roli.attacks import make_attack
 
 
 def adversarially_trained_mlp(xs: torch.Tensor, ys: torch.Tensor) -> nn.Module:
     """A 784-64-10 MLP, PGD-3 trained (L-inf eps 0.1, step 0.04) for 5 epochs in batches of 100; seeded."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    attack = build_attack(AttackConfig(eps=0.1, step_size=0.04, steps=3))
+    attack = make_attack(eps=0.1, step_size=0.04, steps=3)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     for _ in range(5):
         perm = torch.randperm(len(ys))

@@ -1,18 +1,32 @@
-"""roli: adversarially robust transfer learning (RanLI / RoLI, Hua et al., CVPR 2024, arXiv 2312.05716)."""
+"""roli: adversarially robust transfer learning (RanLI / RoLI, Hua et al., CVPR 2024, arXiv 2312.05716).
 
-import os as _os
+The public API is imported lazily (PEP 562), so `import roli` and `roli --help` stay fast and importing the package
+does not pull in training or evaluation code.
+"""
 
-# roli never downloads weights: without this, a timm/HF hub call offline hangs ~50 s in retries first.
-_os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import importlib as _importlib
 
-__version__ = "0.1.0"
+from roli.version import __version__ as __version__
 
-from roli.attacks import build_attack as build_attack
-from roli.backbones import create_backbone as create_backbone
-from roli.config import Config as Config
-from roli.config import load_config as load_config
-from roli.evaluation.accuracy import evaluate as evaluate
-from roli.training.pipeline import run as run
-from roli.transfer import build_transfer as build_transfer
+_API = {
+    "Config": "roli.config",
+    "load_config": "roli.config",
+    "build_attack": "roli.attacks",
+    "create_backbone": "roli.backbones",
+    "build_transfer": "roli.transfer",
+    "evaluate": "roli.evaluation.accuracy",
+    "run": "roli.training.pipeline",
+}
+__all__ = sorted(_API)
 
-__all__ = ["Config", "build_attack", "build_transfer", "create_backbone", "evaluate", "load_config", "run"]
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(_importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'roli' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import re
 import types
@@ -17,9 +18,13 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
+
+from roli.registry import ATTACKS, CONVERTERS, TRANSFER
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -31,14 +36,22 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+DROP_KNOBS = ("drop_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate", "drop_path_rate")
+
+
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
     name: str = "vit_tiny_28"  # a roli backbone or any timm architecture name
     checkpoint: str | None = None  # local weights file; None = random init
     pretrained: bool = False  # hub weights are refused: roli never downloads (pass `checkpoint`)
     input_size: int | None = None  # resize inside the model, so perturbations live at the data's resolution
-    drop_rate: float = 0.0  # the same for every method (spec B8)
-    drop_path_rate: float = 0.0
+    # Dropout knobs, passed to timm when > 0 and the same for every method (protocol B8). The reference's ViT dropout
+    # 0.1 sits in the MLP and the embeddings (proj_drop_rate + pos_drop_rate); its Swin drop-path is 0.5.
+    drop_rate: float = 0.0  # timm's pre-classifier dropout only
+    proj_drop_rate: float = 0.0  # after the MLP layers and the attention output projection
+    attn_drop_rate: float = 0.0  # on the attention weights
+    pos_drop_rate: float = 0.0  # on the patch + position embeddings (ViT)
+    drop_path_rate: float = 0.0  # stochastic depth, rising linearly to this value over the blocks
     mean: tuple[float, ...] | None = None  # None = the checkpoint's / known table's / architecture's own
     std: tuple[float, ...] | None = None
     # How the checkpoint's keys map onto the timm architecture (roli.backbones.convert.CONVERTERS): auto | timm |
@@ -48,15 +61,14 @@ class BackboneConfig:
     key_map: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        _check(0 <= self.drop_rate < 1 and 0 <= self.drop_path_rate < 1, "drop rates must be in [0, 1)")
+        for k in DROP_KNOBS:
+            _check(0 <= getattr(self, k) < 1, f"{k} must be in [0, 1), got {getattr(self, k)}")
         for pattern, _ in self.key_map:
             try:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"key_map: {pattern!r} is not a valid regular expression ({e})") from None
         if self.format != "auto":
-            from roli.backbones.convert import CONVERTERS  # lazy: the registry lives with the converters
-
             _check(self.format in CONVERTERS, f"format {self.format!r} is unknown; choose auto or one of "
                                               f"{CONVERTERS.names()}")
         _check((self.mean is None) == (self.std is None), "give both mean and std, or neither")
@@ -94,30 +106,39 @@ class DataConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AttackConfig:
-    """The threat model and the attack; the same type configures training, validation and test attacks."""
+class ThreatConfig:
+    """The threat model, one section shared by training, validation, test and `roli eval` (no attack has its own
+    eps, so none can silently differ: the reference's AutoAttack defaulted to 4/255, protocol B6)."""
 
-    name: str = "pgd"
     norm: Literal["linf", "l2"] = "linf"
     eps: float = 8 / 255  # in [0,1] pixel units; `8/255` is accepted in YAML
-    step_size: float = 2 / 255
-    steps: int = 7
-    random_start: bool = True
-    restarts: int = 1
-    loss: Literal["ce", "margin"] = "ce"
-    select: Literal["best", "last"] = "best"  # per-example highest-loss iterate (spec B4 fix) or the last one
 
     def __post_init__(self) -> None:
         _check(self.eps >= 0, f"eps must be >= 0, got {self.eps}")
-        _check(self.step_size > 0, f"step_size must be > 0, got {self.step_size}")
-        _check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        _check(self.restarts >= 1, f"restarts must be >= 1, got {self.restarts}")
+        _check(self.norm != "linf" or self.eps <= 1, f"an L-inf eps is in [0,1] pixel units; got {self.eps} (did you "
+                                                     "mean {:g}/255?)".format(self.eps))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackConfig:
+    """Base of every attack's config: the registered `name` picks the attack and its own config class, which holds
+    only the fields that attack uses (so `fgsm` with `steps: 50` is an unknown-key error, not silently ignored)."""
+
+    name: str = "pgd"
+    trainable: ClassVar[bool] = False  # may serve as the training attack (PGD-AT)
+
+    def warnings(self, threat: ThreatConfig) -> list[str]:
+        """Settings that are legal but probably a mistake under `threat` (logged when a recipe is loaded)."""
+        return []
 
     @classmethod
     def _resolve(cls, data: Mapping[str, Any]) -> type:
-        from roli.attacks import ATTACKS
-
         return ATTACKS.get(data.get("name", cls.name)).config_cls
+
+
+def attack_config(name: str = "pgd", **fields_: Any) -> AttackConfig:
+    """The registered attack `name`'s config with `fields_` (e.g. `attack_config("pgd", steps=10)`)."""
+    return from_dict(AttackConfig, {"name": name, **fields_}, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,12 +147,12 @@ class TransferConfig:
 
     name: str = "linear_probe"
     init: Literal["ranli", "roli"] = "ranli"  # random head, or the stage-1 adversarial linear-probe head
-    head_bias: Literal["zero", "focal"] = "zero"  # focal = -log(99), the reference's RanLI bias (spec B12)
+    # The random head (RanLI, and RoLI's stage 1): `paper` = the reference's kaiming_normal(fan_out) weights
+    # (std sqrt(2/C)) and bias -log(99) (protocol B12); `torch` = PyTorch's nn.Linear default weights, zero bias.
+    head_init: Literal["paper", "torch"] = "torch"
 
     @classmethod
     def _resolve(cls, data: Mapping[str, Any]) -> type:
-        from roli.transfer import TRANSFER
-
         return TRANSFER.get(data.get("name", cls.name)).config_cls
 
 
@@ -174,17 +195,14 @@ class Stage1Config(TrainConfig):
     warmup_epochs: float = 0.0
 
 
+def _pgd(steps: int) -> Any:
+    return lambda: attack_config("pgd", steps=steps)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
-    attack_steps: int = 10  # validation and test PGD reuse `attack` (eps, norm) with these steps
-    attack_step_size: float | None = None  # None = attack.step_size
-    restarts: int = 1
+    attack: AttackConfig = field(default_factory=_pgd(10))  # validation (every epoch) and test attack
     select: Literal["robust", "clean", "last"] = "robust"  # which epoch's weights are kept
-
-    def __post_init__(self) -> None:
-        _check(self.attack_steps >= 1, "attack_steps must be >= 1")
-        _check(self.attack_step_size is None or self.attack_step_size > 0, "attack_step_size must be > 0")
-        _check(self.restarts >= 1, "restarts must be >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,21 +218,24 @@ class RunSettings:
 class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    attack: AttackConfig = field(default_factory=_pgd(7))  # the training attack (PGD-AT)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)  # RoLI stage 1 (adversarial linear probing)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)
 
-    def eval_attack(self) -> AttackConfig:
-        """The validation/test attack: the training threat model with the evaluation's steps."""
-        return dataclasses.replace(
-            self.attack,
-            steps=self.eval.attack_steps,
-            step_size=self.eval.attack_step_size or self.attack.step_size,
-            restarts=self.eval.restarts,
-        )
+    def __post_init__(self) -> None:
+        if not type(self.attack).trainable:
+            can = [n for n in ATTACKS.names() if ATTACKS.get(n).config_cls.trainable]
+            raise ConfigError(f"attack.name: {self.attack.name!r} cannot be a training attack; choose one of {can} "
+                              "(evaluate with it via eval.attack or `roli eval --attack`)")
+
+    def warnings(self) -> list[str]:
+        """Legal settings that are probably mistakes, e.g. a PGD step larger than eps."""
+        return [f"{where}: {w}" for where, atk in (("attack", self.attack), ("eval.attack", self.eval.attack))
+                for w in atk.warnings(self.threat)]
 
 
 # --------------------------------------------------------------------------- strict loading
@@ -354,21 +375,81 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+# roli 0.1 keys -> today's: the threat model lived in `attack`, the evaluation attack was `eval.attack_*`.
+_RENAMED = {"attack.norm": "threat.norm", "attack.eps": "threat.eps", "eval.attack_steps": "eval.attack.steps",
+            "eval.attack_step_size": "eval.attack.step_size", "eval.restarts": "eval.attack.restarts",
+            "transfer.head_bias": "transfer.head_init (focal -> paper, zero -> torch)"}
+
+
+def _reject_old_style(raw: Mapping[str, Any], where: str) -> None:
+    """A roli 0.1 recipe fails with the renames that convert it."""
+    old = [k for k in _RENAMED if k.split(".")[1] in (raw.get(k.split(".")[0]) or {})]
+    if old:
+        raise ConfigError(f"{where}: roli 0.1 key(s) {old}: the threat model is now the `threat:` section and each "
+                          f"attack has only its own fields; rename {'; '.join(f'{k} -> {_RENAMED[k]}' for k in old)} "
+                          "(e.g. threat: {norm: linf, eps: 8/255}; eval: {attack: {name: pgd, steps: 10}})")
+
+
+def upgrade(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A roli 0.1 config dict in today's layout (used for the error hint and to read 0.1 checkpoints)."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    attack, ev = out.get("attack", {}), out.get("eval", {})
+    threat = {k: attack.pop(k) for k in ("norm", "eps") if k in attack}
+    if threat:
+        out["threat"] = {**out.get("threat", {}), **threat}
+    if any(k in ev for k in ("attack_steps", "attack_step_size", "restarts")):
+        eval_attack = {k: v for k, v in attack.items() if k in ("name", "step_size", "random_start", "loss", "select")}
+        if attack.get("name", "pgd") != "pgd":
+            eval_attack = {"name": "pgd"}
+        eval_attack["steps"] = ev.pop("attack_steps", 10)
+        step = ev.pop("attack_step_size", None)
+        if step is not None:
+            eval_attack["step_size"] = step
+        eval_attack["restarts"] = ev.pop("restarts", 1)
+        ev["attack"] = eval_attack
+    if "head_bias" in out.get("transfer", {}):
+        bias = out["transfer"].pop("head_bias")
+        if bias == "focal":  # the closest today: the reference's full RanLI head (weights and bias)
+            out["transfer"]["head_init"] = "paper"
+    if attack.get("name") == "fgsm":  # 0.1 FGSM configs carried PGD's fields
+        out["attack"] = {k: v for k, v in attack.items() if k in ("name", "loss")}
+    return out
+
+
+def _merge_overrides(raw: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`--set` merged into the recipe; an attack section whose `name` changes starts afresh (PGD's steps would not fit
+    FGSM), keeping only the fields given on the command line."""
+    out = _deep_merge(raw, over)
+    for path in (("attack",), ("eval", "attack")):
+        o, r, node = over, raw, out
+        for k in path[:-1]:
+            o, r, node = (o.get(k) or {}), (r.get(k) or {}), node.get(k, {})
+        o_atk, r_atk = o.get(path[-1]), r.get(path[-1])
+        if isinstance(o_atk, Mapping) and isinstance(r_atk, Mapping) and "name" in o_atk and \
+                o_atk["name"] != r_atk.get("name", AttackConfig.name):
+            node[path[-1]] = dict(o_atk)
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), data: Mapping | None = None) -> Config:
     """Load a recipe (or a dict) strictly, then apply `--set` overrides, type-checked the same way."""
     raw = read_yaml(path) if path is not None else dict(data or {})
     where = str(path) if path is not None else "config"
+    _reject_old_style(raw, where)
     try:
-        from_dict(Config, raw, "")
+        cfg = from_dict(Config, raw, "")
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     if overrides:
-        raw = _deep_merge(raw, parse_overrides(overrides))
+        raw = _merge_overrides(raw, parse_overrides(overrides))
+        _reject_old_style(raw, "--set")
         try:
-            return from_dict(Config, raw, "")
+            cfg = from_dict(Config, raw, "")
         except ConfigError as e:
             raise ConfigError(f"--set: {e}") from None
-    return from_dict(Config, raw, "")
+    for w in cfg.warnings():
+        log.warning("%s: %s", where, w)
+    return cfg
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import roli.evaluation.autoattack as aa_eval
-from roli.attacks import ATTACKS, build_attack
+from roli.attacks import ATTACKS, build_attack, make_attack
 from roli.attacks.autoattack import AutoAttack, AutoAttackConfig
 from roli.attacks.base import attack_mode
-from roli.config import AttackConfig, ConfigError, from_dict
+from roli.config import AttackConfig, ConfigError, ThreatConfig, from_dict
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.autoattack import StateMismatch, evaluate_autoattack
 
@@ -28,8 +28,9 @@ EPS = 0.1  # the robust model's training eps
 CHEAP = {"version": "custom", "attacks": ("apgd-ce", "apgd-t"), "n_iter": 20, "apgd_restarts": 1, "seed": 0}
 
 
-def cheap(**kw) -> AutoAttackConfig:
-    return AutoAttackConfig(**{"eps": EPS, **CHEAP, **kw})
+def cheap(eps: float = EPS, norm: str = "linf", **kw) -> tuple[AutoAttackConfig, ThreatConfig]:
+    """A cheap AutoAttack config and its threat model (pass both: `build_attack(*cheap())`)."""
+    return AutoAttackConfig(**{**CHEAP, **kw}), ThreatConfig(norm=norm, eps=eps)
 
 
 def loader_of(x: torch.Tensor, y: torch.Tensor, batch: int) -> DataLoader:
@@ -41,20 +42,21 @@ def loader_of(x: torch.Tensor, y: torch.Tensor, batch: int) -> DataLoader:
 
 def test_registered_with_its_config():
     assert ATTACKS.get("autoattack") is AutoAttack and AutoAttack.config_cls is AutoAttackConfig
-    cfg = from_dict(AttackConfig, {"name": "autoattack", "eps": "8/255", "version": "custom",
-                                   "attacks": ["apgd-ce", "apgd-t"]}, "attack")
-    assert isinstance(cfg, AutoAttackConfig) and cfg.eps == pytest.approx(8 / 255)
-    assert cfg.attacks == ("apgd-ce", "apgd-t")
+    cfg = from_dict(AttackConfig, {"name": "autoattack", "version": "custom", "attacks": ["apgd-ce", "apgd-t"]},
+                    "attack")
+    assert isinstance(cfg, AutoAttackConfig) and cfg.attacks == ("apgd-ce", "apgd-t")
+    assert not AutoAttackConfig.trainable
 
 
 @pytest.mark.parametrize("data, match", [
-    ({}, "explicit eps"),  # never a silent default (the reference's 4/255, spec B6)
-    ({"eps": 0.1, "version": "custom"}, "give `attacks`"),
-    ({"eps": 0.1, "attacks": ["apgd-ce"]}, "give `attacks`"),  # standard ignores a list: refuse it
-    ({"eps": 0.1, "version": "custom", "attacks": ["apgd"]}, "unknown AutoAttack sub-attack"),
-    ({"eps": 0.1, "version": "custom", "attacks": ["apgd-ce", "apgd-ce"]}, "twice"),
-    ({"eps": 0.1, "n_iter": 0}, "n_iter must be >= 1"),
-    ({"eps": 0.1, "version": "fast"}, "choose one of"),
+    ({"eps": 0.1}, r"unknown key\(s\) \['eps'\]"),  # eps is the run's threat model only (protocol B6)
+    ({"steps": 50}, r"unknown key\(s\) \['steps'\]"),  # PGD's fields are not AutoAttack's
+    ({"version": "custom"}, "give `attacks`"),
+    ({"attacks": ["apgd-ce"]}, "give `attacks`"),  # standard ignores a list: refuse it
+    ({"version": "custom", "attacks": ["apgd"]}, "unknown AutoAttack sub-attack"),
+    ({"version": "custom", "attacks": ["apgd-ce", "apgd-ce"]}, "twice"),
+    ({"n_iter": 0}, "n_iter must be >= 1"),
+    ({"version": "fast"}, "choose one of"),
 ])
 def test_bad_configs_name_the_fix(data, match):
     with pytest.raises(ConfigError, match=match):
@@ -67,13 +69,13 @@ def test_bad_configs_name_the_fix(data, match):
     ("rand", ["apgd-ce", "apgd-dlr"]),
 ])
 def test_versions_follow_the_package(version, expected):
-    assert AutoAttack(AutoAttackConfig(eps=EPS, version=version)).sub_attacks() == expected
+    assert AutoAttack(AutoAttackConfig(version=version), ThreatConfig(eps=EPS)).sub_attacks() == expected
 
 
 def test_overrides_reach_the_package_objects():
     from pyautoattack.autopgd_base import APGDAttack
 
-    atk = AutoAttack(AutoAttackConfig(eps=0.2, norm="l2", n_iter=20, apgd_restarts=2, square_queries=50))
+    atk = AutoAttack(AutoAttackConfig(n_iter=20, apgd_restarts=2, square_queries=50), ThreatConfig(norm="l2", eps=0.2))
     aa = atk.build(nn.Identity(), n_classes=4, seed=5, device=torch.device("cpu"))
     fresh = APGDAttack(nn.Identity(), n_iter=20, eps=0.2)
     for apgd in (aa.apgd, aa.apgd_targeted):  # APGD's step-size checkpoints follow n_iter
@@ -85,9 +87,9 @@ def test_overrides_reach_the_package_objects():
     settings = atk.settings(n_classes=4, seed=5)
     assert settings["eps"] == 0.2 and settings["n_target_classes"] == 3 and "pyautoattack 0.2" in settings["library"]
     with pytest.raises(ConfigError, match="only 4 classes"):
-        AutoAttack(AutoAttackConfig(eps=0.2, n_target_classes=9)).target_classes(4)
+        AutoAttack(AutoAttackConfig(n_target_classes=9), ThreatConfig(eps=0.2)).target_classes(4)
     with pytest.raises(ConfigError, match="needs at least 4 classes"):
-        AutoAttack(AutoAttackConfig(eps=0.2)).check_classes(3)
+        AutoAttack(AutoAttackConfig(), ThreatConfig(eps=0.2)).check_classes(3)
 
 
 # --------------------------------------------------------------------------- the attack API
@@ -103,7 +105,7 @@ def test_attack_contract(robust_mlp):
     torch.manual_seed(1)
     expected_next = (torch.randint(0, 2**31 - 1, ()), torch.rand(3))[1]  # the seed draw, then the next draw
     torch.manual_seed(1)
-    x_adv = build_attack(cheap(seed=None))(model, x, y)
+    x_adv = build_attack(*cheap(seed=None))(model, x, y)
     assert torch.equal(torch.rand(3), expected_next)  # pyautoattack's re-seeding does not leak
     assert sys.gettrace() is tracer  # nor its sys.settrace(None)
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
@@ -118,20 +120,20 @@ def test_attack_contract(robust_mlp):
 def test_seeded_determinism_and_eps_zero(robust_mlp):
     model, _, x, y = robust_mlp
     x, y = x[1::3], y[1::3]
-    atk = build_attack(cheap(eps=0.2, seed=None, attacks=("apgd-ce",)))
+    atk = build_attack(*cheap(eps=0.2, seed=None, attacks=("apgd-ce",)))
     runs = []
     for seed in (3, 3, 4):
         torch.manual_seed(seed)
         runs.append(atk(model, x, y))
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
-    assert torch.equal(build_attack(cheap(eps=0.0))(model, x, y), x)
+    assert torch.equal(build_attack(*cheap(eps=0.0))(model, x, y), x)
 
 
 def test_fewer_classes_use_fewer_targets():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 4)).eval()
     x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 4, (8,))
-    x_adv = build_attack(cheap(eps=0.3, attacks=("apgd-t", "fab-t"), n_iter=5))(model, x, y)
+    x_adv = build_attack(*cheap(eps=0.3, attacks=("apgd-t", "fab-t"), n_iter=5))(model, x, y)
     assert (x_adv - x).abs().max() <= 0.3 + 1e-6
 
 
@@ -142,9 +144,9 @@ def test_ordering_autoattack_pgd_fgsm_clean(robust_mlp):
     model, loader, *_ = robust_mlp
     torch.manual_seed(0)
     clean = accuracy(model, loader)["acc"]
-    fgsm = accuracy(model, loader, build_attack(AttackConfig(name="fgsm", eps=EPS)))["acc"]
-    pgd = accuracy(model, loader, build_attack(AttackConfig(eps=EPS, step_size=EPS / 4, steps=10)))["acc"]
-    res = evaluate_autoattack(model, loader, cheap())
+    fgsm = accuracy(model, loader, make_attack(name="fgsm", eps=EPS))["acc"]
+    pgd = accuracy(model, loader, make_attack(eps=EPS, step_size=EPS / 4, steps=10))["acc"]
+    res = evaluate_autoattack(model, loader, *cheap())
     aa = res["acc"]
     assert clean >= 70  # the model learned
     assert aa <= pgd <= fgsm <= clean
@@ -159,10 +161,10 @@ def test_equals_one_pyautoattack_call_per_chunk(robust_mlp):
     """Running the sub-attacks one at a time (for per-attack numbers and resume) changes nothing: the per-point
     result equals the package's own run_standard_evaluation on each chunk."""
     model, _, x, y = robust_mlp
-    ours = evaluate_autoattack(model, loader_of(x, y, 50), cheap())["robust"]
+    ours = evaluate_autoattack(model, loader_of(x, y, 50), *cheap())["robust"]
     direct = []
     for xc, yc in ((x[:50], y[:50]), (x[50:], y[50:])):
-        aa = AutoAttack(cheap()).build(model, 10, seed=0, device=torch.device("cpu"))
+        aa = AutoAttack(*cheap()).build(model, 10, seed=0, device=torch.device("cpu"))
         with attack_mode(model):
             _, y_adv = aa.run_standard_evaluation(xc, yc, batch_size=250)
         direct += (y_adv == yc).tolist()
@@ -184,7 +186,7 @@ def test_resume_after_an_interruption_gives_the_identical_result(robust_mlp, tmp
     state = tmp_path / "aa.json"
     monkeypatch.setattr(aa_eval, "_attack_chunk", dies_in_the_second_chunk)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_autoattack(model, loader, cheap(seed=None), state_path=state)
+        evaluate_autoattack(model, loader, *cheap(seed=None), state_path=state)
     saved = json.loads(state.read_text())
     assert len(saved["chunks"]) == 2 and set(saved["chunks"][0]["flags"]) == {"clean", "apgd-ce", "apgd-t"}
     assert set(saved["chunks"][1]["flags"]) == {"clean"}  # killed in its first sub-attack
@@ -193,35 +195,35 @@ def test_resume_after_an_interruption_gives_the_identical_result(robust_mlp, tmp
     calls.clear()
     monkeypatch.setattr(aa_eval, "_attack_chunk", lambda *a: (calls.append(a[4]), real(*a))[1])
     torch.manual_seed(12345)  # another global seed: the drawn AutoAttack seed comes from the state file
-    resumed = evaluate_autoattack(model, loader, cheap(seed=None), state_path=state)
+    resumed = evaluate_autoattack(model, loader, *cheap(seed=None), state_path=state)
     assert len(calls) == 6  # chunks 2-4 only, two sub-attacks each
     assert resumed["resumed"] and resumed["settings"]["seed"] == saved["seed"]
 
     torch.manual_seed(12345)  # an uninterrupted run with the same drawn seed
-    fresh = evaluate_autoattack(model, loader, cheap(seed=saved["seed"]))
+    fresh = evaluate_autoattack(model, loader, *cheap(seed=saved["seed"]))
     assert resumed["robust"] == fresh["robust"] and resumed["after"] == fresh["after"]
     assert len(resumed["robust"]) == 100
 
     # a finished state is a cache: the same answer again without attacking
     calls.clear()
-    again = evaluate_autoattack(model, loader, cheap(seed=None), state_path=state)
+    again = evaluate_autoattack(model, loader, *cheap(seed=None), state_path=state)
     assert calls == [] and again["robust"] == resumed["robust"]
 
 
 def test_state_of_another_setting_is_refused(robust_mlp, tmp_path):
     model, _, x, y = robust_mlp
     state = tmp_path / "aa.json"
-    evaluate_autoattack(model, loader_of(x[:20], y[:20], 10), cheap(attacks=("apgd-ce",)), state_path=state)
+    evaluate_autoattack(model, loader_of(x[:20], y[:20], 10), *cheap(attacks=("apgd-ce",)), state_path=state)
     with pytest.raises(StateMismatch, match="another model or attack"):
-        evaluate_autoattack(model, loader_of(x[:20], y[:20], 10), cheap(eps=0.2, attacks=("apgd-ce",)),
+        evaluate_autoattack(model, loader_of(x[:20], y[:20], 10), *cheap(eps=0.2, attacks=("apgd-ce",)),
                             state_path=state)
     with pytest.raises(StateMismatch, match="other data"):
-        evaluate_autoattack(model, loader_of(x[20:40], y[20:40], 10), cheap(attacks=("apgd-ce",)), state_path=state)
+        evaluate_autoattack(model, loader_of(x[20:40], y[20:40], 10), *cheap(attacks=("apgd-ce",)), state_path=state)
 
 
 def test_eps_zero_gives_clean_accuracy(robust_mlp):
     model, loader, *_ = robust_mlp
-    res = evaluate_autoattack(model, loader, cheap(eps=0.0))
+    res = evaluate_autoattack(model, loader, *cheap(eps=0.0))
     assert res["acc"] == accuracy(model, loader)["acc"] == res["after"]["clean"]
 
 
@@ -233,7 +235,7 @@ def test_invalid_adversarial_examples_are_caught():
         y = model(x).argmax(1)
     both = torch.tensor([True, True])
     with pytest.raises(RuntimeError, match="max linf distance 0.3"):  # outside the eps = 0.1 ball
-        aa_eval._verify(model, x, x + 0.3, 1 - y, cheap(), both)
+        aa_eval._verify(model, x, x + 0.3, 1 - y, cheap()[1], both)
     with pytest.raises(RuntimeError, match="2 not misclassified"):
-        aa_eval._verify(model, x, x.clone(), y, cheap(), both)
-    aa_eval._verify(model, x, x + 0.05, 1 - y, cheap(), both)  # valid: inside the ball and misclassified
+        aa_eval._verify(model, x, x.clone(), y, cheap()[1], both)
+    aa_eval._verify(model, x, x + 0.05, 1 - y, cheap()[1], both)  # valid: inside the ball and misclassified

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roli.attacks import build_attack
-from roli.config import AttackConfig
+from roli.attacks import make_attack
 
 torchattacks = pytest.importorskip(
     "torchattacks", reason="torchattacks is not installed (pip install --no-deps torchattacks==3.5.1)")
@@ -28,9 +27,9 @@ def test_pgd_last_iterate_matches_torchattacks(robust_mlp):
     """Same seed, same random start, same steps: x_adv agrees to float rounding (torchattacks keeps the last
     iterate; its projection x + clip(x_adv - x) differs from ours by at most an ulp)."""
     model, _, x, y = robust_mlp
-    ours_cfg = AttackConfig(eps=EPS, step_size=EPS / 4, steps=STEPS, select="last")
+    ours_atk = make_attack("pgd", eps=EPS, step_size=EPS / 4, steps=STEPS, select="last")
     torch.manual_seed(7)
-    ours = build_attack(ours_cfg)(model, x, y)
+    ours = ours_atk(model, x, y)
     torch.manual_seed(7)
     ref = torchattacks.PGD(model, eps=EPS, alpha=EPS / 4, steps=STEPS, random_start=True)(x, y)
     close = torch.isclose(ours, ref, rtol=0, atol=1e-5).flatten(1).all(1)
@@ -44,7 +43,7 @@ def test_pgd_best_iterate_is_at_least_as_strong_as_torchattacks(robust_mlp):
     accs = {}
     for seed in (0, 1):
         torch.manual_seed(seed)
-        ours = robust_acc(model, build_attack(AttackConfig(eps=EPS, step_size=EPS / 4, steps=STEPS))(model, x, y), y)
+        ours = robust_acc(model, make_attack(eps=EPS, step_size=EPS / 4, steps=STEPS)(model, x, y), y)
         torch.manual_seed(seed)
         ref = robust_acc(model, torchattacks.PGD(model, eps=EPS, alpha=EPS / 4, steps=STEPS)(x, y), y)
         accs[seed] = (ours, ref)
@@ -54,6 +53,6 @@ def test_pgd_best_iterate_is_at_least_as_strong_as_torchattacks(robust_mlp):
 
 def test_fgsm_matches_torchattacks(robust_mlp):
     model, _, x, y = robust_mlp
-    ours = build_attack(AttackConfig(name="fgsm", eps=EPS))(model, x, y)
+    ours = make_attack(name="fgsm", eps=EPS)(model, x, y)
     ref = torchattacks.FGSM(model, eps=EPS)(x, y)
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)

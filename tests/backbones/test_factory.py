@@ -124,7 +124,7 @@ def test_missing_local_checkpoint_is_a_checkpoint_error(tmp_path):
 
 
 def test_bad_field_values_are_rejected():
-    with pytest.raises(ValueError, match="drop rates"):
+    with pytest.raises(ValueError, match="drop_rate must be in"):
         create_backbone("vit_tiny_28", drop_rate=1.5)
     with pytest.raises(TypeError):
         create_backbone("vit_tiny_28", not_a_field=1)

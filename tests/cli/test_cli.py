@@ -30,7 +30,11 @@ def test_list_prints_every_registered_name(capsys):
         for name in registry.names():
             assert name in out, name
     assert "transfer methods:" in out and "attacks:" in out
-    assert "eps: float = 0.03137" in out  # method/attack fields are listed with their defaults
+    assert "step_size: float = 0.00784" in out  # method/attack fields are listed with their defaults
+    fgsm = next(line for line in out.splitlines() if line.strip().startswith("fgsm*:"))
+    aa = next(line for line in out.splitlines() if line.strip().startswith("autoattack:"))
+    assert "loss" in fgsm and not any(k in fgsm + aa for k in ("steps", "step_size", "random_start", "eps"))
+    assert "threat: norm: linf|l2 = 'linf', eps: float = 0.03137" in out  # one threat model for all attacks
 
 
 @pytest.fixture
@@ -51,7 +55,7 @@ def _bad_key(recipe: Path) -> list[str]:
 @pytest.mark.parametrize("case, args, expected", [
     ("unknown key", _bad_key, ["train", "learning_rate", "valid keys"]),
     ("bad value", lambda r: [str(r), "--set", "train.optimizer=adam"], ["train.optimizer", "adam", "adamw"]),
-    ("bad number", lambda r: [str(r), "--set", "attack.eps=-1"], ["eps must be >= 0"]),
+    ("bad number", lambda r: [str(r), "--set", "threat.eps=-1"], ["eps must be >= 0"]),
     ("missing file", lambda r: [str(r.with_name("nope.yaml"))], ["nope.yaml", "not found"]),
 ])
 def test_run_with_a_bad_recipe_exits_2_and_names_the_key(recipe, tmp_path, capsys, case, args, expected):
@@ -95,7 +99,7 @@ def test_eval_prints_json(finished_run, tmp_path, capsys):
     assert set(printed["results"]) == {"clean", "pgd"}
     assert printed["results"]["clean"]["acc"] == res["test"]["clean"]
     assert printed["results"]["clean"]["n"] == 32
-    assert printed["attack"]["eps"] == 0.1 and printed["checkpoint"] == str(run_dir / "best.pt")
+    assert printed["threat"]["eps"] == 0.1 and printed["checkpoint"] == str(run_dir / "best.pt")
 
 
 def test_eval_writes_beside_the_checkpoint_without_overwriting(finished_run, tmp_path, capsys):
@@ -104,7 +108,7 @@ def test_eval_writes_beside_the_checkpoint_without_overwriting(finished_run, tmp
     shutil.copy(run_dir / "best.pt", ckpt)
     assert main(["eval", "--checkpoint", str(ckpt), "--limit", "8", "--eps", "8/255"]) == 0
     first = tmp_path / "eval-synthetic-test.json"
-    assert json.loads(first.read_text())["attack"]["eps"] == pytest.approx(8 / 255)
+    assert json.loads(first.read_text())["threat"]["eps"] == pytest.approx(8 / 255)
     before = first.read_bytes()
     assert main(["eval", "--checkpoint", str(ckpt), "--limit", "8"]) == 0
     assert first.read_bytes() == before
@@ -116,7 +120,7 @@ def test_eval_accepts_a_decimal_eps(finished_run, tmp_path, capsys):
     rc = main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--limit", "8", "--eps", "0.05",
                "--step-size", "0.01", "--output", str(tmp_path / "e.json")])
     assert rc == 0, capsys.readouterr().err
-    assert json.loads((tmp_path / "e.json").read_text())["attack"]["eps"] == 0.05
+    assert json.loads((tmp_path / "e.json").read_text())["threat"]["eps"] == 0.05
 
 
 def test_eval_of_a_non_roli_file_exits_2(tmp_path, capsys):
@@ -188,7 +192,8 @@ def test_eval_quick_suite_records_settings_versions_and_checks(finished_run, tmp
     data = eval_suite(run_dir, tmp_path, capsys, "quick")
     assert data["suite"] == "quick" and set(data["results"]) == {"clean", "pgd"}
     pgd = data["attacks"]["pgd"]
-    assert (pgd["name"], pgd["steps"], pgd["eps"], pgd["norm"]) == ("pgd", 10, cfg.attack.eps, "linf")  # PGD-10
+    assert (pgd["name"], pgd["steps"]) == ("pgd", 10) and "eps" not in pgd  # PGD-10
+    assert data["threat"] == {"norm": "linf", "eps": cfg.threat.eps} and data["device"].startswith("cpu")
     assert pgd["step_size"] == pytest.approx(cfg.attack.step_size)  # the run's step/eps ratio at the run's eps
     for r in data["results"].values():
         assert r["n"] == 16 and r["seconds"] >= 0 and r["images_per_s"] > 0
@@ -209,7 +214,7 @@ def test_eval_full_suite_with_a_custom_autoattack(finished_run, tmp_path, capsys
     assert list(data["results"]) == ["clean", "fgsm", "pgd", "autoattack"]
     aa, settings = data["results"]["autoattack"], data["attacks"]["autoattack"]
     assert (settings["version"], settings["attacks"], settings["n_iter"]) == ("custom", ["apgd-ce", "apgd-t"], 5)
-    assert settings["eps"] == cfg.attack.eps and settings["seed"] == cfg.run.seed and settings["norm"] == "linf"
+    assert settings["eps"] == cfg.threat.eps and settings["seed"] == cfg.run.seed and settings["norm"] == "linf"
     assert list(aa["after"]) == ["clean", "apgd-ce", "apgd-t"] and aa["after"]["clean"] == data["results"][
         "clean"]["acc"]
     assert aa["acc"] == aa["after"]["apgd-t"] and aa["n"] == 8 and aa["images_per_s"] > 0
@@ -228,7 +233,7 @@ def test_eval_full_suite_with_a_custom_autoattack(finished_run, tmp_path, capsys
 def test_eval_sweep_suite(finished_run, tmp_path, capsys):
     run_dir, _, cfg = finished_run
     data = eval_suite(run_dir, tmp_path, capsys, "sweep")
-    eps = cfg.attack.eps
+    eps = cfg.threat.eps
     assert [p["eps"] for p in data["sweep"]] == pytest.approx([0, eps / 4, eps / 2, eps, 2 * eps, 0.5])
     assert data["sweep"][0]["acc"] == data["results"]["clean"]["acc"]
     names = [c["name"] for c in data["checks"]]

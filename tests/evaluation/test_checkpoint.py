@@ -28,7 +28,7 @@ def test_clean_accuracy_matches_results_json(finished_run):
     clean = out["results"]["clean"]
     assert clean["n"] == res["test"]["n"] == 32
     assert clean["acc"] == res["test"]["clean"]
-    assert out["attack"]["eps"] == cfg.attack.eps and out["attack"]["steps"] == cfg.eval.attack_steps
+    assert out["threat"]["eps"] == cfg.threat.eps and out["attack"]["steps"] == cfg.eval.attack.steps
     assert out["data"]["split"] == "test" and out["data"]["name"] == "synthetic"
 
 
@@ -43,7 +43,7 @@ def test_eps_zero_attack_equals_clean(finished_run):
     run_dir, _, cfg = finished_run
     out = evaluate_checkpoint(str(run_dir / "best.pt"), eps=0, steps=5, limit=cfg.data.test_limit)
     r = out["results"]
-    assert out["attack"]["eps"] == 0.0 and out["attack"]["steps"] == 5
+    assert out["threat"]["eps"] == 0.0 and out["attack"]["steps"] == 5
     assert r["pgd"]["n"] == r["clean"]["n"] == 32
     assert r["pgd"]["acc"] == r["clean"]["acc"]
 
@@ -52,7 +52,7 @@ def test_large_eps_does_not_raise_accuracy(finished_run):
     run_dir, _, cfg = finished_run
     out = evaluate_checkpoint(str(run_dir / "best.pt"), eps="1/2", steps=5, step_size="1/10", split="val")
     r = out["results"]
-    assert out["attack"]["eps"] == 0.5 and out["data"]["split"] == "val"
+    assert out["threat"]["eps"] == 0.5 and out["data"]["split"] == "val"
     assert r["clean"]["n"] == r["pgd"]["n"] > 0
     assert r["pgd"]["acc"] <= r["clean"]["acc"]
 

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roli.config import AttackConfig
+from roli.attacks.pgd import PGDConfig
+from roli.config import ThreatConfig
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.checks import (
     check_deterministic,
@@ -124,8 +125,8 @@ def test_sweep_checks_flag_a_rise_and_a_surviving_large_eps():
 
 def test_eps_sweep_on_the_robust_model(robust_mlp):
     model, loader, *_ = robust_mlp
-    cfg = AttackConfig(eps=EPS, step_size=EPS / 4, steps=10)
-    pts = eps_sweep(model, loader, cfg)
+    cfg = PGDConfig(step_size=EPS / 4, steps=10)
+    pts = eps_sweep(model, loader, cfg, ThreatConfig(eps=EPS))
     assert [p["eps"] for p in pts] == pytest.approx([0.0, 0.025, 0.05, 0.1, 0.2, 0.5])
     assert [p["step_size"] for p in pts[1:]] == pytest.approx([p["eps"] / 4 for p in pts[1:]])  # same ratio
     clean = accuracy(model, loader)["acc"]
@@ -139,8 +140,8 @@ def test_eps_sweep_on_the_robust_model(robust_mlp):
 def test_a_masked_model_fails_the_sweep(robust_mlp):
     """Rounding the input hides the gradient: PGD without a random start cannot move, accuracy never falls."""
     model, loader, *_ = robust_mlp
-    cfg = AttackConfig(eps=EPS, step_size=EPS / 4, steps=5, random_start=False)
-    pts = eps_sweep(Quantized(model), loader, cfg, factors=(0, 1))
+    cfg = PGDConfig(step_size=EPS / 4, steps=5, random_start=False)
+    pts = eps_sweep(Quantized(model), loader, cfg, ThreatConfig(eps=EPS), factors=(0, 1))
     assert len({p["acc"] for p in pts}) == 1 and pts[-1]["eps"] == 0.5  # flat: the attack never moved
     res = {r.name: r for r in check_sweep(pts)}
     assert res["eps_monotone"].passed and not res["large_eps"].passed
@@ -149,10 +150,10 @@ def test_a_masked_model_fails_the_sweep(robust_mlp):
 
 def test_quick_suite_reports_checks(robust_mlp):
     model, loader, *_ = robust_mlp
-    out = run_suite(model, loader, SUITES["quick"], {"clean": None, "pgd": AttackConfig(eps=EPS, step_size=0.025,
-                                                                                           steps=10)})
+    out = run_suite(model, loader, SUITES["quick"], {"clean": None, "pgd": PGDConfig(step_size=0.025, steps=10)},
+                    ThreatConfig(eps=EPS))
     assert set(out["results"]) == {"clean", "pgd"} and out["results"]["pgd"]["images_per_s"] > 0
-    assert out["attacks"]["pgd"]["steps"] == 10 and out["attacks"]["pgd"]["eps"] == EPS
+    assert out["attacks"]["pgd"]["steps"] == 10 and out["threat"] == {"norm": "linf", "eps": EPS}
     names = [c["name"] for c in out["checks"]]
     assert names == ["input_range", "logits", "deterministic", "gradients", "ordering"] and out["checks_passed"]
     json.dumps(out)

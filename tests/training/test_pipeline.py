@@ -157,9 +157,9 @@ def test_stage1_key_depends_on_exactly_the_stage1_settings(fast_cfg):
     key = stage1_key(lp)
     assert stage1_key(fast_cfg(LP_AS_STAGE1)) == key  # deterministic
     assert stage1_key(fast_cfg([*LP_AS_STAGE1, "train.lr=0.06"])) != key
-    assert stage1_key(fast_cfg([*LP_AS_STAGE1, "attack.eps=0.2"])) != key
+    assert stage1_key(fast_cfg([*LP_AS_STAGE1, "threat.eps=0.2"])) != key
     assert stage1_key(fast_cfg([*LP_AS_STAGE1, "run.seed=1"])) != key
-    assert stage1_key(fast_cfg([*LP_AS_STAGE1, "transfer.head_bias=focal"])) != key
+    assert stage1_key(fast_cfg([*LP_AS_STAGE1, "transfer.head_init=paper"])) != key
     assert stage1_key(fast_cfg([*LP_AS_STAGE1, "stage1.lr=0.3"])) == key  # an LP run's own stage1 is irrelevant
     assert stage1_key(fast_cfg(["transfer.name=full_finetune"])) is None  # only linear-probe RanLI runs
     assert stage1_key(fast_cfg(["transfer.name=linear_probe", "transfer.init=roli"])) is None

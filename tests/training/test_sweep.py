@@ -140,7 +140,7 @@ def test_dry_run_runs_nothing(grid, capsys):
 def test_paper_grid_dry_run(capsys):
     assert main(["sweep", str(REPO / "recipes" / "paper" / "grid.yaml"), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "95 cells" in text  # 2 backbones x 5 datasets x (9 Swin cells | 10 ViT cells)
+    assert "100 cells" in text  # 2 backbones x 5 datasets x 10 cells (6 methods x 2 inits - LP RoLI - VPT RoLI)
     assert "swin_b-cifar10-lora-roli-s0" in text and "vit_b-cub200-vpt_deep-ranli-s0" in text
     assert "swin_b-cifar10-vpt_deep" not in text
     assert "GPU-hours" in text and "assumed" in text

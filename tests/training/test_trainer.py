@@ -96,8 +96,8 @@ def test_test_scores_and_attack_settings(finished_run):
     assert test["n"] == 32
     for k in ("clean", "pgd"):
         assert 0 <= test[k] <= 100 and (test[k] * 32 / 100) == pytest.approx(round(test[k] * 32 / 100))
-    assert test["attack"] == to_dict(cfg.eval_attack())
-    assert test["attack"]["steps"] == cfg.eval.attack_steps == 3 and test["attack"]["eps"] == 0.1
+    assert test["attack"] == to_dict(cfg.eval.attack)
+    assert test["attack"]["steps"] == cfg.eval.attack.steps == 3 and test["threat"] == {"norm": "linf", "eps": 0.1}
 
 
 def test_run_folder_files(finished_run):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from roli.backbones import build_model
 from roli.backbones.checkpoints import CheckpointError, atomic_save
@@ -26,7 +28,7 @@ def test_init_ranli_zero_bias_and_fresh_weights():
     with torch.no_grad():
         model.head.weight.fill_(0.5)
         model.head.bias.fill_(3.0)
-    init_ranli(model, TransferConfig(head_bias="zero"))
+    init_ranli(model, TransferConfig(head_init="torch"))
     assert torch.equal(model.head.bias, torch.zeros(4))
     w = model.head.weight
     assert not torch.equal(w, torch.full_like(w, 0.5))  # re-initialised
@@ -34,11 +36,31 @@ def test_init_ranli_zero_bias_and_fresh_weights():
     assert w.abs().max() <= bound and w.std() > 0
 
 
-def test_init_ranli_focal_bias_is_minus_log_99():
-    model = _model()
-    init_ranli(model, TransferConfig(head_bias="focal"))
-    assert torch.equal(model.head.bias, torch.full((4,), -math.log(99), dtype=torch.float32))
-    assert abs(model.head.bias[0].item() - (-4.59512)) < 1e-4
+@pytest.mark.parametrize("head_init, std, bias", [
+    ("paper", math.sqrt(2 / 10), -math.log(99)),  # kaiming_normal_(fan_out): std sqrt(2 / C); bias -log(99)
+    ("torch", 1 / math.sqrt(3 * 768), 0.0),  # nn.Linear: uniform(+-1/sqrt(D)), std 1/sqrt(3 D); zero bias
+])
+def test_ranli_head_statistics_for_vit_b_features(head_init, std, bias):
+    """C = 10 classes on D = 768 features (ViT-B): the paper's head is ~21x larger than PyTorch's default."""
+    torch.manual_seed(0)
+    model = SimpleNamespace(head=nn.Linear(768, 10))
+    init_ranli(model, TransferConfig(head_init=head_init))
+    w = model.head.weight
+    assert w.mean().abs() < 0.1 * std
+    assert w.std().item() == pytest.approx(std, rel=0.05)  # 7,680 draws: the sample std is within ~2%
+    assert torch.equal(model.head.bias, torch.full((10,), bias, dtype=torch.float32))
+    if head_init == "paper":  # normal, not uniform: some weights beyond 2 std
+        assert (w.abs() > 2 * std).float().mean().item() == pytest.approx(0.0455, abs=0.015)
+    else:
+        assert w.abs().max() <= 1 / math.sqrt(768)
+
+
+def test_paper_recipes_use_the_paper_head_and_the_demo_torchs():
+    from roli.config import load_config
+
+    assert load_config("recipes/paper/swin_b/full_finetune_cifar10_ranli.yaml").transfer.head_init == "paper"
+    assert load_config("recipes/paper/vit_b/linear_probe_cub200_ranli.yaml").transfer.head_init == "paper"
+    assert load_config("recipes/tiny/mnist_full_ranli.yaml").transfer.head_init == "torch"
 
 
 def test_init_ranli_needs_a_linear_head():

@@ -1,14 +1,13 @@
 """AutoAttack (Croce & Hein, ICML 2020, arXiv 2003.01690) through the authors' `pyautoattack` package.
 
-An adapter, not a re-implementation: the package's AutoAttack runs every sub-attack. roli adds an explicit eps
-(the reference code silently uses 4/255, spec B6), target counts that fit the dataset, and a way to run one
+An adapter, not a re-implementation: the package's AutoAttack runs every sub-attack. roli adds the run's threat
+model as the only source of eps (the reference code silently used 4/255, protocol B6), target counts that fit the dataset, and a way to run one
 sub-attack at a time, which `roli.evaluation.autoattack` uses for per-attack accuracy and resumable state.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from roli.attacks.base import ATTACKS, Attack
-from roli.config import AttackConfig, ConfigError
+from roli.config import AttackConfig, ConfigError, ThreatConfig
 
 NORMS = {"linf": "Linf", "l2": "L2"}  # roli's norm names -> the package's
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -29,11 +28,9 @@ MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 
 @dataclass(frozen=True, kw_only=True)
 class AutoAttackConfig(AttackConfig):
-    """AutoAttack settings. eps has no default: it must be given (spec B6). The PGD fields inherited from
-    AttackConfig (step_size, steps, random_start, restarts, loss, select) are not used: APGD sets its own steps."""
+    """AutoAttack settings; norm and eps are the run's `threat`. Evaluation only: it cannot train."""
 
     name: str = "autoattack"
-    eps: float | None = None  # required, in [0,1] pixel units (e.g. 8/255)
     version: Literal["standard", "plus", "rand", "custom"] = "standard"
     attacks: tuple[str, ...] = ()  # custom only, run in this order, e.g. [apgd-ce, apgd-t]
     seed: int | None = None  # None = drawn from torch's generator (so `run.seed` fixes it)
@@ -44,9 +41,6 @@ class AutoAttackConfig(AttackConfig):
     batch_size: int = 250  # AutoAttack's own batch inside a chunk
 
     def __post_init__(self) -> None:
-        if self.eps is None:
-            raise ValueError("autoattack needs an explicit eps (e.g. eps: 8/255); roli never assumes one")
-        super().__post_init__()
         bad = [a for a in self.attacks if a not in SUB_ATTACKS]
         if bad:
             raise ValueError(f"unknown AutoAttack sub-attack(s) {bad}; choose from {list(SUB_ATTACKS)}")
@@ -113,11 +107,8 @@ class AutoAttack(Attack):
 
     config_cls = AutoAttackConfig
 
-    def __init__(self, config: AttackConfig) -> None:
-        if not isinstance(config, AutoAttackConfig):  # a plain AttackConfig(name="autoattack", eps=...)
-            base = {f.name: getattr(config, f.name) for f in dataclasses.fields(AttackConfig)}
-            config = AutoAttackConfig(**{**base, "name": "autoattack"})
-        super().__init__(config)
+    def __init__(self, config: AutoAttackConfig, threat: ThreatConfig) -> None:
+        super().__init__(config, threat)
         _quiet_package_logger()
 
     def resolve_seed(self) -> int:
@@ -131,8 +122,8 @@ class AutoAttack(Attack):
         cfg = self.config
         if cfg.version == "custom":
             return list(cfg.attacks)
-        return list(pyautoattack.AutoAttack(nn.Identity(), norm=NORMS[cfg.norm], eps=cfg.eps, version=cfg.version,
-                                            seed=0).attacks_to_run)
+        return list(pyautoattack.AutoAttack(nn.Identity(), norm=NORMS[self.threat.norm], eps=self.threat.eps,
+                                            version=cfg.version, seed=0).attacks_to_run)
 
     def target_classes(self, n_classes: int) -> int:
         n = self.config.n_target_classes or min(9, n_classes - 1)
@@ -146,7 +137,8 @@ class AutoAttack(Attack):
         import pyautoattack
 
         cfg = self.config
-        aa = pyautoattack.AutoAttack(model, norm=NORMS[cfg.norm], eps=cfg.eps, version=cfg.version, seed=seed,
+        aa = pyautoattack.AutoAttack(model, norm=NORMS[self.threat.norm], eps=self.threat.eps, version=cfg.version,
+                                     seed=seed,
                                      device=device, attacks=list(cfg.attacks) if cfg.version == "custom" else None)
         aa.verbose = False  # progress goes to roli's log, per sub-attack and chunk
         overrides = {**{k: getattr(cfg, k) for k in OVERRIDES}, "n_target_classes": self.target_classes(n_classes)}
@@ -171,7 +163,7 @@ class AutoAttack(Attack):
         return x_adv
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.config.eps == 0:
+        if self.threat.eps == 0:
             return x.clone()
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
@@ -184,7 +176,7 @@ class AutoAttack(Attack):
 
         aa = self.build(nn.Identity(), n_classes, seed, torch.device("cpu"))
         cfg = self.config
-        return {"name": cfg.name, "version": cfg.version, "attacks": self.sub_attacks(), "norm": cfg.norm,
-                "eps": cfg.eps, "seed": seed, "n_iter": aa.apgd.n_iter, "apgd_restarts": aa.apgd.n_restarts,
+        return {"name": cfg.name, "version": cfg.version, "attacks": self.sub_attacks(), "norm": self.threat.norm,
+                "eps": self.threat.eps, "seed": seed, "n_iter": aa.apgd.n_iter, "apgd_restarts": aa.apgd.n_restarts,
                 "n_target_classes": aa.apgd_targeted.n_target_classes, "square_queries": aa.square.n_queries,
                 "batch_size": cfg.batch_size, "library": f"pyautoattack {pyautoattack.__version__}"}

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from roli.config import AttackConfig
+from roli.config import AttackConfig, ThreatConfig, attack_config
 from roli.registry import ATTACKS
 
 
@@ -35,12 +35,16 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
 
 
 class Attack:
-    """Call as `attack(model, x, y) -> x_adv`, with x in [0,1]; the model normalises internally."""
+    """Call as `attack(model, x, y) -> x_adv`, with x in [0,1]; the model normalises internally. The threat model
+    (norm, eps) is the run's `threat` section; the attack's own config holds only how it searches."""
 
     config_cls: type[AttackConfig] = AttackConfig
 
-    def __init__(self, config: AttackConfig) -> None:
+    def __init__(self, config: AttackConfig, threat: ThreatConfig) -> None:
+        if not isinstance(config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
         self.config = config
+        self.threat = threat
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with attack_mode(model), torch.enable_grad():
@@ -51,5 +55,11 @@ class Attack:
         raise NotImplementedError
 
 
-def build_attack(config: AttackConfig) -> Attack:
-    return ATTACKS.get(config.name)(config)
+def build_attack(config: AttackConfig, threat: ThreatConfig) -> Attack:
+    """The registered attack for `config` under the threat model `threat`."""
+    return ATTACKS.get(config.name)(config, threat)
+
+
+def make_attack(name: str = "pgd", *, eps: float, norm: str = "linf", **fields) -> Attack:
+    """The Python shortcut: `make_attack("pgd", eps=8/255, steps=10, step_size=2/255)` (fields checked as in YAML)."""
+    return build_attack(attack_config(name, **fields), ThreatConfig(norm=norm, eps=eps))

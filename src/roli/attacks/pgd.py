@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from roli.attacks.base import ATTACKS, Attack
-from roli.config import AttackConfig
+from roli.config import AttackConfig, ThreatConfig
 from roli.threat import make_ball
 
 
@@ -26,14 +27,57 @@ LOSSES = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class PGDConfig(AttackConfig):
+    """Projected gradient descent; eps and norm come from the run's `threat` section."""
+
+    name: str = "pgd"
+    steps: int = 10  # the paper: 7 for training (Config.attack's default), 10 for validation and test
+    step_size: float = 2 / 255  # in [0,1] pixel units (L2: the step's L2 length)
+    random_start: bool = True  # uniform in the ball
+    restarts: int = 1  # per-example worst case over restarts
+    loss: Literal["ce", "margin"] = "ce"
+    select: Literal["best", "last"] = "best"  # per-example worst iterate (protocol B4 fix), or the last one
+    trainable: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.step_size <= 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if self.restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+
+    def warnings(self, threat: ThreatConfig) -> list[str]:
+        out = []
+        if threat.eps > 0 and self.step_size > threat.eps:
+            out.append(f"PGD step_size {self.step_size:.4g} exceeds eps {threat.eps:.4g}: each step overshoots the "
+                       "ball and the projection undoes most of it (the paper: step 2/255 for eps 8/255)")
+        if self.steps * self.step_size < threat.eps:
+            out.append(f"PGD steps x step_size = {self.steps * self.step_size:.4g} < eps {threat.eps:.4g}: the "
+                       "attack cannot reach the ball's boundary from the clean input (a weak attack)")
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class FGSMConfig(AttackConfig):
+    """FGSM: one signed-gradient step of size eps from the clean input."""
+
+    name: str = "fgsm"
+    loss: Literal["ce", "margin"] = "ce"
+    trainable: ClassVar[bool] = True
+
+
 @ATTACKS.register("pgd")
 class PGD(Attack):
     """L-inf/L2 PGD. Keeps, per example, the iterate that misclassifies, else the one with the highest loss
-    (the reference picks one iterate for the whole batch by the mean loss, spec B4)."""
+    (the reference picks one iterate for the whole batch by the mean loss, protocol B4)."""
+
+    config_cls = PGDConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        ball = make_ball(cfg.norm, cfg.eps)
+        ball = make_ball(self.threat.norm, self.threat.eps)
         loss_fn = LOSSES[cfg.loss]
         best_x = x.clone()
         best_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -70,5 +114,8 @@ class PGD(Attack):
 class FGSM(PGD):
     """FGSM (Goodfellow et al., arXiv 1412.6572): one full-size step from the clean input."""
 
-    def __init__(self, config: AttackConfig) -> None:
-        super().__init__(dataclasses.replace(config, steps=1, step_size=config.eps or 1.0, random_start=False))
+    config_cls = FGSMConfig
+
+    def __init__(self, config: FGSMConfig, threat: ThreatConfig) -> None:
+        Attack.__init__(self, config, threat)
+        self.config = PGDConfig(steps=1, step_size=threat.eps or 1.0, random_start=False, loss=config.loss)

@@ -17,6 +17,7 @@ what it did. Formats (`backbone.format`):
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -199,12 +200,20 @@ def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
     return conv
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
 def sha256sum(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The file's SHA-256 (cached per path, size and modification time: a replaced file is hashed again)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "auto",

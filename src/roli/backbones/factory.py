@@ -10,7 +10,7 @@ from torch import nn
 
 from roli.backbones.convert import load_checkpoint
 from roli.backbones.normalize import Classifier, PixelNormalize
-from roli.config import BackboneConfig
+from roli.config import DROP_KNOBS, BackboneConfig
 from roli.registry import BACKBONES
 
 # A factory returns (net, defaults): defaults hold mean, std and optionally a packaged `checkpoint`.
@@ -23,6 +23,11 @@ class BackboneError(ValueError):
     """A backbone cannot be built as asked."""
 
 
+def drop_kwargs(cfg: BackboneConfig) -> dict[str, float]:
+    """The dropout knobs that are set (> 0): only those are passed, since architectures differ in which they have."""
+    return {k: getattr(cfg, k) for k in DROP_KNOBS if getattr(cfg, k) > 0}
+
+
 def _timm_factory(cfg: BackboneConfig, num_classes: int | None) -> tuple[nn.Module, dict[str, Any]]:
     import timm
 
@@ -31,10 +36,15 @@ def _timm_factory(cfg: BackboneConfig, num_classes: int | None) -> tuple[nn.Modu
             f"unknown backbone {cfg.name!r}: not a roli backbone {BACKBONES.names()} nor a timm architecture "
             "(see timm.list_models())"
         )
-    kwargs = {"drop_rate": cfg.drop_rate, "drop_path_rate": cfg.drop_path_rate}
+    kwargs = drop_kwargs(cfg)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    net = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    try:
+        net = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    except TypeError as e:  # an architecture without one of the dropout knobs
+        raise BackboneError(f"{cfg.name} does not accept {sorted(drop_kwargs(cfg))} ({e}); set the knobs it has "
+                            "(ViT: proj/attn/pos_drop_rate, drop_path_rate; Swin: proj/attn_drop_rate, "
+                            "drop_path_rate; ResNet: drop_rate, drop_path_rate) or leave them at 0") from None
     pc = net.pretrained_cfg
     return net, {"mean": tuple(pc.get("mean", IMAGENET["mean"])), "std": tuple(pc.get("std", IMAGENET["std"]))}
 

@@ -10,7 +10,7 @@ from importlib import resources
 
 from timm.models.vision_transformer import VisionTransformer
 
-from roli.backbones.factory import BACKBONES
+from roli.backbones.factory import BACKBONES, drop_kwargs
 from roli.config import BackboneConfig
 
 FMNIST = {"mean": (0.2860,), "std": (0.3530,)}  # Fashion-MNIST pixel statistics
@@ -20,7 +20,7 @@ def _tiny_vit(cfg: BackboneConfig, num_classes: int | None):
     net = VisionTransformer(
         img_size=28, patch_size=7, in_chans=1, num_classes=10 if num_classes is None else num_classes,
         embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
-        drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+        **drop_kwargs(cfg),
     )
     net.pretrained_cfg = {"classifier": "head", "input_size": (1, 28, 28), **FMNIST}
     return net

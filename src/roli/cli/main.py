@@ -46,8 +46,9 @@ def _eval(a: argparse.Namespace) -> int:
     if (a.aa or a.aa_state) and a.suite != "full" and a.attack != "autoattack":
         raise ConfigError("--aa and --aa-state apply to AutoAttack: use them with --suite full or --attack autoattack")
     result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
-                                 steps=a.steps, step_size=number(a.step_size), limit=a.limit, data_root=a.data_root,
-                                 suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state)
+                                 norm=a.norm, steps=a.steps, step_size=number(a.step_size), limit=a.limit,
+                                 data_root=a.data_root, suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state,
+                                 device=a.device)
     text = json.dumps(result, indent=2)
     print(text)
     suffix = f"-{a.suite}" if a.suite else ""
@@ -75,6 +76,7 @@ def _fields(cls) -> str:
 def _list(a: argparse.Namespace) -> int:
     from roli.attacks import ATTACKS
     from roli.backbones import BACKBONES
+    from roli.config import ThreatConfig
     from roli.backbones.convert import CONVERTERS
     from roli.backbones.known import known_checkpoints
     from roli.data import DATASETS
@@ -90,9 +92,11 @@ def _list(a: argparse.Namespace) -> int:
     print("transfer methods:")
     for name in TRANSFER.names():
         print(f"  {name}: {_fields(TRANSFER.get(name).config_cls)}")
-    print("attacks:")
+    print(f"threat: {_fields(ThreatConfig)}  (one section: training, validation, test and `roli eval`)")
+    print("attacks (* = can train):")
     for name in ATTACKS.names():
-        print(f"  {name}: {_fields(ATTACKS.get(name).config_cls)}")
+        cls = ATTACKS.get(name).config_cls
+        print(f"  {name}{'*' if cls.trainable else ''}: {_fields(cls) or '-'}")
     return 0
 
 
@@ -152,11 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", help="dataset name (default: the run's)")
     e.add_argument("--data-root", help="dataset folder (default: the run's)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--attack", default=None, help="attack name (default: the run's, i.e. pgd)")
-    e.add_argument("--eps", default=None, help="override eps, e.g. 8/255")
-    e.add_argument("--steps", type=int, default=None)
-    e.add_argument("--step-size", default=None)
-    e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.add_argument("--attack", default=None, help="attack name (default: the run's validation attack)")
+    e.add_argument("--eps", default=None, help="threat model eps (default: the run's threat.eps), e.g. 8/255")
+    e.add_argument("--norm", default=None, choices=["linf", "l2"], help="threat model norm (default: the run's)")
+    e.add_argument("--steps", type=int, default=None, help="PGD steps")
+    e.add_argument("--step-size", default=None, help="PGD step size, e.g. 2/255")
+    e.add_argument("--limit", type=int, default=None, help="a seeded, class-balanced subset of N examples")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = CUDA when present (default), else CPU")
     e.add_argument("--suite", choices=["quick", "full", "sweep"], default=None,
                    help="quick: clean + PGD-10; full: clean + FGSM + PGD-10 + AutoAttack (standard); sweep: PGD "
                         "over eps x (0, 1/4, 1/2, 1, 2) and a large eps. Default: clean + the run's validation attack")
@@ -197,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from roli.backbones.checkpoints import CheckpointError
     from roli.config import ConfigError
     from roli.data import DataError
+    from roli.device import DeviceError
     from roli.evaluation.autoattack import StateMismatch
     from roli.training.pipeline import RunDirError
     from roli.training.trainer import TrainingFailed
@@ -205,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, BackboneError, CheckpointError, DataError, HeadError, RunDirError, TrainingFailed,
-            FileExistsError, KeyError, StateMismatch) as e:
+            FileExistsError, KeyError, StateMismatch, DeviceError) as e:
         print(f"roli {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
 

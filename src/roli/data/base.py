@@ -90,7 +90,9 @@ def build_data(cfg: DataConfig) -> Splits:
     return DATASETS.get(cfg.name)(cfg)
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A loader whose order depends only on `seed` (so a resumed run sees the same batches)."""
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
-                      drop_last=False)
+                      drop_last=False, pin_memory=pin_memory)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from roli.attacks.autoattack import AutoAttack, AutoAttackConfig
 from roli.attacks.base import attack_mode
-from roli.config import to_dict
+from roli.config import ThreatConfig, to_dict
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "roli-autoattack-state/1"
@@ -77,7 +77,7 @@ class EvaluationState:
         os.replace(tmp, self.path)  # atomic: a kill leaves the old or the new state, never half a file
 
 
-def _verify(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, cfg: AutoAttackConfig,
+def _verify(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, cfg: ThreatConfig,
             broken: torch.Tensor) -> None:
     """AutoAttack's successes are re-checked here: inside the eps-ball and the box, and misclassified."""
     if not broken.any():
@@ -95,29 +95,29 @@ def _attack_chunk(attack: AutoAttack, model: nn.Module, x: torch.Tensor, y: torc
                   robust: torch.Tensor, seed: int, n_classes: int) -> torch.Tensor:
     """One sub-attack on the chunk's robust points; returns the new robust flags of the whole chunk."""
     idx = robust.nonzero().flatten()
-    if len(idx) == 0 or attack.config.eps == 0:
+    if len(idx) == 0 or attack.threat.eps == 0:
         return robust.clone()
     x_adv = attack.run(model, x[idx], y[idx], [sub], seed, n_classes)
     with torch.inference_mode():
         broken = model(x_adv).argmax(1) != y[idx]
-    _verify(model, x[idx], x_adv, y[idx], attack.config, broken)
+    _verify(model, x[idx], x_adv, y[idx], attack.threat, broken)
     out = robust.clone()
     out[idx[broken]] = False
     return out
 
 
-def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttackConfig,
+def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttackConfig, threat: ThreatConfig,
                         state_path: str | Path | None = None) -> dict:
     """AutoAttack robust accuracy (%) over `loader` (unshuffled), with the accuracy after each sub-attack.
 
     Returns a dict with `acc`, `after` ({"clean": .., sub-attack: ..} in %), `n`, `seconds`, `images_per_s`,
     `settings` (what AutoAttack ran with), `robust` (per-point flags, loader order) and `state` (the path).
     """
-    attack = AutoAttack(config)
+    attack = AutoAttack(config, threat)
     cfg = attack.config
     device = next(model.parameters()).device
     subs = attack.sub_attacks()
-    key = {"model": model_digest(model), "config": to_dict(cfg), "attacks": subs}
+    key = {"model": model_digest(model), "config": to_dict(cfg), "threat": to_dict(threat), "attacks": subs}
     state = EvaluationState(Path(state_path) if state_path is not None else None, key, cfg.seed)
     if state.seed is None:
         state.seed = attack.resolve_seed()
@@ -153,6 +153,6 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
               "images_per_s": round(n / secs, 1) if secs > 0 else None,
               "settings": attack.settings(n_classes or 10, seed), "robust": flags.tolist(),
               "state": str(state_path) if state_path is not None else None, "resumed": state.resumed}
-    log.info("AutoAttack (%s, eps %.4g): %s", cfg.version, cfg.eps,
+    log.info("AutoAttack (%s, %s eps %.4g): %s", cfg.version, threat.norm, threat.eps,
              ", ".join(f"{k} {v:.2f}%" for k, v in after.items()))
     return result

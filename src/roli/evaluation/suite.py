@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from roli.attacks import build_attack
-from roli.config import AttackConfig, to_dict
+from roli.config import AttackConfig, ThreatConfig, to_dict
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.autoattack import evaluate_autoattack
 from roli.evaluation.checks import check_ordering, check_sweep, model_checks
@@ -48,14 +48,16 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def _attacked(model: nn.Module, loader: DataLoader, cfg: AttackConfig | None, state: Path | None) -> dict:
+def _attacked(model: nn.Module, loader: DataLoader, cfg: AttackConfig | None, threat: ThreatConfig,
+              state: Path | None) -> dict:
     if cfg is None:
         return accuracy(model, loader, None, desc="clean")  # torch.inference_mode inside
-    return accuracy(model, loader, build_attack(cfg), desc=cfg.name)
+    return accuracy(model, loader, build_attack(cfg, threat), desc=cfg.name)
 
 
-def _autoattack(model: nn.Module, loader: DataLoader, cfg: AttackConfig, state: Path | None) -> dict:
-    res = evaluate_autoattack(model, loader, cfg, state_path=state)
+def _autoattack(model: nn.Module, loader: DataLoader, cfg: AttackConfig, threat: ThreatConfig,
+                state: Path | None) -> dict:
+    res = evaluate_autoattack(model, loader, cfg, threat, state_path=state)
     res.pop("robust")  # per-point flags stay in the state file
     return res
 
@@ -64,29 +66,30 @@ def _autoattack(model: nn.Module, loader: DataLoader, cfg: AttackConfig, state: 
 EVALUATORS: dict[str, Callable[..., dict]] = {"autoattack": _autoattack}
 
 
-def scaled(cfg: AttackConfig, eps: float) -> AttackConfig:
-    """The same attack at another eps, with the step size scaled to keep the same step/eps ratio."""
-    ratio = cfg.step_size / cfg.eps if cfg.eps > 0 else 2.5 / cfg.steps
-    return dataclasses.replace(cfg, eps=eps, step_size=ratio * eps if eps > 0 else cfg.step_size)
+def scaled(cfg: AttackConfig, threat: ThreatConfig, eps: float) -> tuple[AttackConfig, ThreatConfig]:
+    """The same PGD at another eps, with the step size scaled to keep the same step/eps ratio."""
+    ratio = cfg.step_size / threat.eps if threat.eps > 0 else 2.5 / cfg.steps
+    return (dataclasses.replace(cfg, step_size=ratio * eps if eps > 0 else cfg.step_size),
+            dataclasses.replace(threat, eps=eps))
 
 
-def eps_sweep(model: nn.Module, loader: DataLoader, cfg: AttackConfig, factors: Sequence[float] = SWEEP_FACTORS,
-              large_eps: float | None = None, seed: int = 0) -> list[dict]:
-    """Accuracy (%) under `cfg` at eps * factor for each factor, plus one large eps; sorted by eps."""
+def eps_sweep(model: nn.Module, loader: DataLoader, cfg: AttackConfig, threat: ThreatConfig,
+              factors: Sequence[float] = SWEEP_FACTORS, large_eps: float | None = None, seed: int = 0) -> list[dict]:
+    """Accuracy (%) under PGD `cfg` at threat.eps * factor for each factor, plus one large eps; sorted by eps."""
     if large_eps is None:
-        large_eps = LARGE_EPS[cfg.norm](next(iter(loader))[0])
+        large_eps = LARGE_EPS[threat.norm](next(iter(loader))[0])
     points = []
-    for eps in sorted({cfg.eps * f for f in factors} | {large_eps}):
+    for eps in sorted({threat.eps * f for f in factors} | {large_eps}):
         torch.manual_seed(seed)
-        atk = scaled(cfg, eps)
-        res = accuracy(model, loader, build_attack(atk), desc=f"eps {eps:.4g}")
+        atk, atk_threat = scaled(cfg, threat, eps)
+        res = accuracy(model, loader, build_attack(atk, atk_threat), desc=f"eps {eps:.4g}")
         points.append({"eps": eps, "acc": res["acc"], "n": res["n"], "step_size": atk.step_size,
-                       "seconds": res["seconds"], "large": eps == large_eps and eps > cfg.eps * max(factors)})
+                       "seconds": res["seconds"], "large": eps == large_eps and eps > threat.eps * max(factors)})
     return points
 
 
 def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mapping[str, AttackConfig | None],
-              aa_state: str | Path | None = None, seed: int = 0, sweep_factors: Sequence[float] = SWEEP_FACTORS
+              threat: ThreatConfig, aa_state: str | Path | None = None, seed: int = 0, sweep_factors: Sequence[float] = SWEEP_FACTORS
               ) -> dict:
     """Run a suite; every attack starts from `torch.manual_seed(seed)`, so its number does not depend on the suite.
 
@@ -99,7 +102,7 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
         cfg = configs[name]
         torch.manual_seed(seed)
         results[name] = EVALUATORS.get(cfg.name if cfg is not None else "clean", _attacked)(
-            model, loader, cfg, Path(aa_state) if aa_state is not None else None)
+            model, loader, cfg, threat, Path(aa_state) if aa_state is not None else None)
         if cfg is not None:  # AutoAttack reports its resolved settings (seed, targets, iterations)
             settings[name] = results[name].pop("settings", None) or to_dict(cfg)
     x, y = next(iter(loader))
@@ -108,19 +111,19 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
     checks.append(check_ordering({k: v["acc"] for k, v in results.items()}))
     sweep = None
     if suite.sweep:
-        sweep = eps_sweep(model, loader, configs["pgd"], sweep_factors, seed=seed)
+        sweep = eps_sweep(model, loader, configs["pgd"], threat, sweep_factors, seed=seed)
         settings["sweep"] = to_dict(configs["pgd"])
         checks += check_sweep(sweep, clean=results["clean"]["acc"] if "clean" in results else None)
     failed = [c.name for c in checks if not c.passed]
     if failed:
         log.warning("sanity checks failed: %s (see `checks` in the results)", ", ".join(failed))
-    return {"attacks": settings, "results": results, "sweep": sweep, "checks": [c.to_dict() for c in checks],
+    return {"threat": to_dict(threat), "attacks": settings, "results": results, "sweep": sweep, "checks": [c.to_dict() for c in checks],
             "checks_passed": not failed, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def library_versions() -> dict:
     import pyautoattack
 
-    from roli.training.pipeline import versions
+    from roli.version import versions
 
     return {**versions(), "pyautoattack": pyautoattack.__version__}

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,16 +18,18 @@ from pathlib import Path
 
 import torch
 
-import roli
 from roli.attacks import build_attack
 from roli.backbones import build_model
 from roli.backbones.checkpoints import load_file
-from roli.config import Config, TransferConfig, config_hash, dump_config, to_dict
+from roli.backbones.convert import sha256sum
+from roli.config import BackboneConfig, Config, TransferConfig, config_hash, dump_config, to_dict
+from roli.device import deterministic, device_name, pick_device
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import evaluate
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
+from roli.version import versions
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class RunDirError(FileExistsError):
 
 def stage1_config(cfg: Config) -> Config:
     """The adversarial linear-probing run that RoLI starts from."""
-    lp = TransferConfig(name="linear_probe", init="ranli", head_bias=cfg.transfer.head_bias)
+    lp = TransferConfig(name="linear_probe", init="ranli", head_init=cfg.transfer.head_init)
     return dataclasses.replace(cfg, transfer=lp, train=cfg.stage1, stage1=cfg.stage1)
 
 
@@ -47,23 +48,15 @@ def stage1_key(cfg: Config) -> str | None:
     """Cache key of a linear-probe RanLI run: exactly the settings that determine its head."""
     if cfg.transfer.name != "linear_probe" or cfg.transfer.init != "ranli":
         return None
-    return config_hash(cfg.backbone, cfg.data, cfg.attack, cfg.eval, cfg.train, cfg.run.seed,
-                       cfg.transfer.head_bias)
+    # The backbone file's content hash, not only its path: a replaced file must not reuse a stale head.
+    return config_hash(cfg.backbone, backbone_file_hash(cfg.backbone), cfg.data, cfg.threat, cfg.attack, cfg.eval,
+                       cfg.train, cfg.run.seed, cfg.transfer.head_init)
 
 
-def versions() -> dict:
-    import numpy
-    import timm
-    import torchvision
-
-    return {"roli": roli.__version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "numpy": numpy.__version__}
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device is 'cuda' but no CUDA device is available; use run.device=auto or cpu")
-    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+def backbone_file_hash(backbone: BackboneConfig) -> str | None:
+    """SHA-256 of the backbone weights file named in the config (None for shipped or random-init backbones)."""
+    path = backbone.checkpoint
+    return sha256sum(path) if path and Path(path).is_file() else None
 
 
 def new_run_dir(out: Path, name: str) -> Path:
@@ -138,7 +131,8 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("roli").addHandler(handler)
     try:
-        return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
+        with deterministic(cfg.run.deterministic):  # scoped: a sweep's next cell starts from the default again
+            return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
     finally:
         logging.getLogger("roli").removeHandler(handler)
         handler.close()
@@ -148,7 +142,6 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
                     t0: float) -> dict:
     device = pick_device(cfg.run.device)
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(cfg.run.deterministic)
     seed_everything(cfg.run.seed)
     splits = build_data(cfg.data)
     model = build_model(cfg.backbone, splits.num_classes)
@@ -161,7 +154,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     results = {
         "status": "running", "run_dir": str(run_dir), "recipe": recipe,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": to_dict(cfg), "seed": cfg.run.seed, "versions": versions(), "device": str(device),
+        "config": to_dict(cfg), "seed": cfg.run.seed, "versions": versions(), "device": device_name(device),
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
         "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
@@ -175,17 +168,17 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         raise
     best = load_file(run_dir / "best.pt")
     model.load_state_dict(best["model"])
-    test_attack = cfg.eval_attack()
+    test_attack = cfg.eval.attack
     test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                    {"clean": None, "pgd": build_attack(test_attack)})
+                    {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
     results.update(
         status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
         best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
         test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
-              "attack": to_dict(test_attack), "pgd_images_per_s": test["pgd"]["images_per_s"]},
+              "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"]},
         seconds=round(time.perf_counter() - t0, 1),
     )
     _write_results(run_dir, results)
-    log.info("%s: test clean %.2f%%, PGD-%d %.2f%% (epoch %d) -> %s", run_dir.name, results["test"]["clean"],
-             test_attack.steps, results["test"]["pgd"], results["selected_epoch"], run_dir)
+    log.info("%s: test clean %.2f%%, %s %.2f%% (epoch %d) -> %s", run_dir.name, results["test"]["clean"],
+             test_attack.name, results["test"]["pgd"], results["selected_epoch"], run_dir)
     return results

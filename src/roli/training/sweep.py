@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from roli.config import Config, ConfigError, load_config, to_dict
+from roli.config import AttackConfig, Config, ConfigError, load_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,11 @@ def _arch(cfg: Config) -> str:
     return entry.arch if entry else cfg.backbone.name
 
 
+def attack_passes(attack: AttackConfig) -> float:
+    """Forward+backward passes per image of an attack (PGD: steps x restarts; FGSM: 1; AutoAttack: ~1,000)."""
+    return getattr(attack, "steps", 1) * getattr(attack, "restarts", 1) if attack.name != "autoattack" else 1000
+
+
 def estimate_hours(cfg: Config, cost: dict[str, Any]) -> float | None:
     """GPU-hours of one run: every image through the backbone costs one fwd+bwd per PGD step plus one."""
     ips = cost["images_per_s"].get(_arch(cfg))
@@ -130,8 +135,8 @@ def estimate_hours(cfg: Config, cost: dict[str, Any]) -> float | None:
         return None
     limits = (cfg.data.train_limit, cfg.data.val_limit, cfg.data.test_limit)
     n_train, n_val, n_test = (min(n, lim) if lim else n for n, lim in zip(sizes, limits))
-    train_passes = cfg.attack.steps * cfg.attack.restarts + 1 if cfg.train.adversarial else 1
-    eval_passes = cfg.eval.attack_steps * cfg.eval.restarts + 1 / 3  # PGD + a clean forward (~1/3 of fwd+bwd)
+    train_passes = attack_passes(cfg.attack) + 1 if cfg.train.adversarial else 1
+    eval_passes = attack_passes(cfg.eval.attack) + 1 / 3  # the attack + a clean forward (~1/3 of fwd+bwd)
     images = cfg.train.epochs * (n_train * train_passes + n_val * eval_passes) + n_test * eval_passes
     return images / ips / 3600
 

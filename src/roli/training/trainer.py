@@ -72,8 +72,8 @@ class FitResult:
 
 def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: bool = False) -> FitResult:
     train_cfg, seed = cfg.train, cfg.run.seed
-    train_attack = build_attack(cfg.attack) if train_cfg.adversarial else None
-    eval_attack = build_attack(cfg.eval_attack())
+    train_attack = build_attack(cfg.attack, cfg.threat) if train_cfg.adversarial else None
+    eval_attack = build_attack(cfg.eval.attack, cfg.threat)
     val_loader = make_loader(splits.val, cfg.data.eval_batch_size, shuffle=False)
     steps_per_epoch = len(make_loader(splits.train, cfg.data.batch_size, shuffle=True))
     optimizer = build_optimizer(model, train_cfg)

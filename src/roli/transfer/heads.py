@@ -17,13 +17,20 @@ class HeadError(ValueError):
 
 
 def init_ranli(model: Classifier, config: TransferConfig) -> None:
+    """The random head (RanLI, and RoLI's stage 1), as `transfer.head_init` says.
+
+    `paper`: the reference's kaiming_normal_(mode="fan_out") weights, i.e. std sqrt(2 / num_classes), and bias
+    -log(99) (the focal-loss prior 0.01, protocol B12). On ViT-B/Swin-B with few classes this is 5-25x larger than
+    `torch`: PyTorch's nn.Linear default, uniform(+-1/sqrt(features)) (std 1/sqrt(3 features)), with zero bias.
+    """
     head = model.head
     if not isinstance(head, nn.Linear):
         raise HeadError(f"expected a linear head, got {type(head).__name__}")
-    head.reset_parameters()
-    if config.head_bias == "focal":  # the reference's prior-0.01 bias (spec B12)
+    if config.head_init == "paper":
+        nn.init.kaiming_normal_(head.weight, mode="fan_out")
         nn.init.constant_(head.bias, -math.log(99))
     else:
+        head.reset_parameters()
         nn.init.zeros_(head.bias)
 
 
