@@ -151,3 +151,210 @@ def test_report_with_autoattack_sweep_and_curves(evaluated_run, two_runs, tmp_pa
         assert f"- shared: all {len(checks)} checks passed" in text
     assert f"- {lp_dir.name}: no checks yet" in text
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3
+
+
+# --- the AutoAttack column and the eval-file checks follow the run's threat model (hand-written JSONs) ----------
+
+EPS8, EPS4 = 8 / 255, 4 / 255
+
+
+def _write_run(run_dir: Path, *, style: str = "threat", norm: str = "linf", eps: float = EPS8, n: int = 200) -> Path:
+    """A complete results.json: the threat model in config.threat (current layout, config.attack without it) or
+    in config.attack (older results.json)."""
+    run_dir.mkdir(parents=True)
+    cfg = {"backbone": {"name": "vit_tiny_28"}, "data": {"name": "synthetic"}}
+    if style == "threat":
+        cfg.update(threat={"norm": norm, "eps": eps}, attack={"name": "pgd", "steps": 7})
+        test_attack = {"name": "pgd", "steps": 10}
+    else:
+        cfg.update(attack={"name": "pgd", "norm": norm, "eps": eps, "steps": 7})
+        test_attack = {"name": "pgd", "norm": norm, "eps": eps, "steps": 10}
+    res = {"status": "complete", "config": cfg, "method": "full_finetune", "init": "roli", "selected_epoch": 2,
+           "best_val": {"clean": 70.0, "robust": 40.0}, "seconds": 12.0,
+           "test": {"clean": 72.0, "pgd": 45.0, "n": n, "attack": test_attack}}
+    (run_dir / "results.json").write_text(json.dumps(res))
+    return run_dir
+
+
+def _write_eval(run_dir: Path, tag: str, *, started: str, acc: float | None = 40.0, norm: str = "linf",
+                eps: float = EPS8, version: str = "standard", n: int = 200, split: str = "test",
+                suite: str | None = "full", checks: tuple = (), threat: dict | None = None,
+                aa_threat: bool = True) -> str:
+    """eval-synthetic-<split>-<tag>.json as `roli eval` writes it (the fields the report reads); `acc` None: no
+    AutoAttack in it. `threat`: the top-level {norm, eps}; `aa_threat` False: AutoAttack settings without them."""
+    pgd = {"name": "pgd", "norm": norm, "eps": eps, "steps": 10}
+    ev = {"checkpoint": str(run_dir / "best.pt"), "started": started, "suite": suite,
+          "data": {"name": "synthetic", "split": split}, "attack": pgd, "attacks": {"pgd": pgd},
+          "results": {"clean": {"acc": 72.0, "n": n}, "pgd": {"acc": 45.0, "n": n}},
+          "checks": [{"name": name, "passed": passed, "message": f"{name} message"} for name, passed in checks]}
+    if acc is not None:
+        aa = {"name": "autoattack", "version": version, "attacks": ["apgd-ce", "apgd-t", "fab-t", "square"],
+              **({"norm": norm, "eps": eps} if aa_threat else {})}
+        ev["attacks"]["autoattack"] = aa
+        ev["results"]["autoattack"] = {"acc": acc, "n": n, "seconds": 3.0}
+    if threat is not None:
+        ev["threat"] = threat
+    name = f"eval-synthetic-{split}-{tag}.json"
+    (run_dir / name).write_text(json.dumps(ev))
+    return name
+
+
+def _md_table(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    return table[0], {row[0]: dict(zip(table[0], row)) for row in table[1:]}
+
+
+def _csv_rows(out: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    with open(out / "report.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames), {r["run"]: r for r in reader}
+
+
+def test_run_threat_current_and_older_results():
+    from roli.evaluation.report import run_threat
+
+    assert run_threat({"config": {"threat": {"norm": "l2", "eps": 0.5}, "attack": {"name": "pgd"}}}) == ("l2", 0.5)
+    assert run_threat({"config": {"attack": {"norm": "linf", "eps": EPS8}}}) == ("linf", EPS8)
+    # config.threat is the run's threat model wherever config.attack says something else
+    both = {"threat": {"norm": "linf", "eps": EPS8}, "attack": {"norm": "linf", "eps": EPS4}}
+    assert run_threat({"config": both}) == ("linf", EPS8)
+    assert run_threat({"config": {"threat": {"norm": "linf", "eps": "8/255"}}}) == ("linf", pytest.approx(EPS8))
+
+
+def test_aa_column_takes_the_runs_eps_not_the_newest_file(tmp_path):
+    run_dir = _write_run(tmp_path / "runs" / "r8")
+    match = _write_eval(run_dir, "full", started="2024-01-01T00:00:00+00:00", acc=40.0)
+    other = _write_eval(run_dir, "full-4", started="2024-02-01T00:00:00+00:00", acc=60.0, eps=EPS4)
+    val = _write_eval(run_dir, "full", started="2024-03-01T00:00:00+00:00", acc=50.0, split="val")
+
+    [row] = collect([run_dir])
+    assert row["test_aa"] == 40.0  # the 8/255 number, not the newer 4/255 one (60.0)
+    assert (row["aa_file"], row["aa_version"], row["aa_n"]) == (match, "standard", 200)
+    assert [i["file"] for i in row["aa_ignored"]] == [other, val]
+
+    text = write_report(tmp_path / "out", [run_dir]).read_text()
+    head, cells = _md_table(text)
+    assert cells["r8"]["test AA"] == "40.00" and "60.00" not in text
+    assert f"{other} (synthetic test, linf eps 4/255)" in text  # the footnote names what was ignored, with its eps
+    _, rows = _csv_rows(tmp_path / "out")
+    assert float(rows["r8"]["test_aa"]) == 40.0 and rows["r8"]["aa_file"] == match
+
+
+def test_only_other_eps_autoattack_shows_no_number(tmp_path, caplog):
+    run_dir = _write_run(tmp_path / "runs" / "r8")
+    other = _write_eval(run_dir, "full", started="2024-02-01T00:00:00+00:00", acc=60.0, eps=EPS4)
+
+    with caplog.at_level("WARNING", logger="roli.evaluation.report"):
+        text = write_report(tmp_path / "out", [run_dir]).read_text()
+    head, cells = _md_table(text)
+    assert "test AA" not in head and "AA version" not in head and "60.00" not in text
+    assert "AutoAttack evaluations ignored" in text and f"r8: {other} (synthetic test, linf eps 4/255)" in text
+    assert any(other in r.getMessage() and "4/255" in r.getMessage() for r in caplog.records)
+    _, rows = _csv_rows(tmp_path / "out")
+    assert rows["r8"]["test_aa"] == "" and rows["r8"]["aa_version"] == "" and rows["r8"]["aa_ignored"] == other
+
+
+def test_standard_autoattack_preferred_then_more_images_then_newest(tmp_path):
+    run_dir = _write_run(tmp_path / "runs" / "r8", n=200)
+    _write_eval(run_dir, "custom", started="2024-03-01T00:00:00+00:00", acc=55.0, version="custom", n=1000)
+    _write_eval(run_dir, "std100", started="2024-02-01T00:00:00+00:00", acc=50.0, n=100)
+    _write_eval(run_dir, "std200-old", started="2023-12-01T00:00:00+00:00", acc=41.0, n=200)
+    chosen = _write_eval(run_dir, "std200", started="2024-01-01T00:00:00+00:00", acc=42.0, n=200)
+
+    [row] = collect([run_dir])
+    assert (row["test_aa"], row["aa_version"], row["aa_n"]) == (42.0, "standard", 200)
+    assert row["aa_file"] == chosen
+    assert row["aa_ignored"] == []  # all are on the run's threat model: preferred over, not ignored
+
+    text = write_report(tmp_path / "out", [run_dir]).read_text()
+    head, cells = _md_table(text)
+    assert head[head.index("test AA"):head.index("test AA") + 3] == ["test AA", "AA version", "AA n"]
+    assert [cells["r8"][c] for c in ("test AA", "AA version", "AA n")] == ["42.00", "standard", "200"]
+    assert "AutoAttack (standard)" in text and "on 200 test images" in text
+
+
+def test_csv_has_aa_version_and_n_columns(tmp_path):
+    with_aa = _write_run(tmp_path / "runs" / "a")
+    _write_eval(with_aa, "full", started="2024-01-01T00:00:00+00:00", acc=42.0, version="plus", n=150)
+    _write_eval(with_aa, "full-4", started="2024-02-01T00:00:00+00:00", acc=60.0, eps=EPS4, n=1000)
+    without = _write_run(tmp_path / "runs" / "b")
+
+    write_report(tmp_path / "out", [with_aa, without])
+    fields, rows = _csv_rows(tmp_path / "out")
+    assert (float(rows["a"]["test_aa"]), rows["a"]["aa_version"], int(rows["a"]["aa_n"])) == (42.0, "plus", 150)
+    assert {"norm", "eps", "test_aa", "aa_version", "aa_n", "aa_file", "aa_ignored"} <= set(fields)
+    assert (rows["a"]["norm"], float(rows["a"]["eps"])) == ("linf", EPS8)
+    assert rows["a"]["aa_ignored"] == "eval-synthetic-test-full-4.json"
+    assert [rows["b"][k] for k in ("test_aa", "aa_version", "aa_n", "aa_file", "aa_ignored")] == [""] * 5
+
+
+@pytest.mark.parametrize("style", ["threat", "attack"])
+def test_current_and_older_results_json(tmp_path, style):
+    run_dir = _write_run(tmp_path / "runs" / "r8", style=style)
+    match = _write_eval(run_dir, "full", started="2024-01-01T00:00:00+00:00", acc=40.0)
+    _write_eval(run_dir, "full-4", started="2024-02-01T00:00:00+00:00", acc=60.0, eps=EPS4)
+    _write_eval(run_dir, "full-l2", started="2024-03-01T00:00:00+00:00", acc=70.0, norm="l2")  # same eps, L2
+
+    [row] = collect([run_dir])
+    assert row["test_aa"] == 40.0
+    assert (row["norm"], row["eps"], row["aa_file"]) == ("linf", EPS8, match)
+    text = write_report(tmp_path / "out", [run_dir]).read_text()
+    assert _md_table(text)[1]["r8"]["eps"] == "8/255" and "l2 eps 8/255" in text
+
+
+def test_eval_threat_top_level_and_eps_tolerance(tmp_path):
+    from roli.evaluation.report import on_threat
+
+    run_dir = _write_run(tmp_path / "runs" / "r8")
+    # refactored eval JSON: the threat model at the top level, none in the AutoAttack settings
+    top = _write_eval(run_dir, "top", started="2024-01-01T00:00:00+00:00", acc=40.0, aa_threat=False,
+                      threat={"norm": "linf", "eps": EPS8})
+    # top level and AutoAttack settings disagree: not trusted
+    _write_eval(run_dir, "mixed", started="2024-02-01T00:00:00+00:00", acc=60.0, threat={"norm": "linf", "eps": EPS4})
+    # no threat model stated at all: not trusted
+    _write_eval(run_dir, "none", started="2024-03-01T00:00:00+00:00", acc=61.0, aa_threat=False)
+
+    [row] = collect([run_dir])
+    assert row["test_aa"] == 40.0
+    assert row["aa_file"] == top
+    assert {i["file"]: i["threat"] for i in row["aa_ignored"]} == {
+        "eval-synthetic-test-mixed.json": "linf eps 4/255, linf eps 8/255",
+        "eval-synthetic-test-none.json": "no threat model stated"}
+
+    ev = json.loads((run_dir / top).read_text())
+    ev["threat"]["eps"] = EPS8 + 1e-12  # float noise, e.g. from another "8/255" parser
+    assert on_threat(ev, ("linf", EPS8), "synthetic", "autoattack")
+    ev["threat"]["eps"] = EPS8 + 1e-6
+    assert not on_threat(ev, ("linf", EPS8), "synthetic", "autoattack")
+
+
+def test_sanity_checks_only_from_evals_on_the_runs_threat_model(tmp_path):
+    run_dir = _write_run(tmp_path / "runs" / "r8")
+    _write_eval(run_dir, "full", started="2024-01-01T00:00:00+00:00", acc=40.0, checks=[("finite", True)])
+    bad = _write_eval(run_dir, "full-4", started="2024-02-01T00:00:00+00:00", acc=60.0, eps=EPS4,
+                      checks=[("finite", False)])
+    _write_eval(run_dir, "quick-4", started="2024-02-02T00:00:00+00:00", acc=None, eps=EPS4, suite="quick",
+                checks=[("ordering", False)])
+    _write_eval(run_dir, "quick-val", started="2024-02-03T00:00:00+00:00", acc=None, split="val", suite="quick",
+                checks=[("ordering", False)])
+
+    text = write_report(tmp_path / "out", [run_dir]).read_text()
+    assert "FAILED" not in text and bad not in text.split("## Sanity checks")[1]
+    assert "- r8: all 2 checks passed" in text  # the 8/255 file's check and clean >= PGD >= AA on the table
+
+
+def test_eps_plot_only_from_sweeps_on_the_runs_threat_model(tmp_path):
+    def sweep(run_dir: Path, tag: str, started: str, norm: str) -> None:
+        pgd = {"name": "pgd", "norm": norm, "eps": EPS8, "steps": 10}
+        ev = {"started": started, "suite": "sweep", "data": {"name": "synthetic", "split": "test"}, "attack": pgd,
+              "attacks": {"sweep": pgd}, "results": {"clean": {"acc": 72.0, "n": 200}}, "checks": [],
+              "sweep": [{"eps": 0.0, "acc": 72.0}, {"eps": EPS8, "acc": 45.0}, {"eps": 0.5, "acc": 0.0}]}
+        (run_dir / f"eval-synthetic-test-{tag}.json").write_text(json.dumps(ev))
+
+    run_dir = _write_run(tmp_path / "runs" / "r8")
+    sweep(run_dir, "sweep-l2", "2024-02-01T00:00:00+00:00", "l2")
+    write_report(tmp_path / "out", [run_dir])
+    assert not (tmp_path / "out" / "report_eps.png").exists()
+    sweep(run_dir, "sweep", "2024-01-01T00:00:00+00:00", "linf")
+    write_report(tmp_path / "out", [run_dir])
+    assert (tmp_path / "out" / "report_eps.png").is_file()

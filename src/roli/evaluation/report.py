@@ -17,8 +17,10 @@ from roli.evaluation.checks import check_ordering
 log = logging.getLogger(__name__)
 
 COLUMNS = ["run", "method", "init", "backbone", "data", "eps", "selected_epoch", "val_clean", "val_robust",
-           "test_clean", "test_pgd", "test_aa", "seconds"]
+           "test_clean", "test_pgd", "test_aa", "aa_version", "aa_n", "seconds"]
+AA_COLUMNS = ("test_aa", "aa_version", "aa_n")  # shown only when some run has an AutoAttack number
 PLOTS = {"scatter": "report_scatter.png", "eps": "report_eps.png", "curves": "report_val_curves.png"}
+EPS_TOL = 1e-9  # eps values compared across results.json and eval JSONs
 
 
 def eval_results(run_dir: Path) -> list[dict]:
@@ -35,33 +37,113 @@ def eval_results(run_dir: Path) -> list[dict]:
     return sorted(found, key=lambda r: r.get("started", ""))
 
 
-def _latest(evals: list[dict], want: str, data: str) -> dict | None:
-    """The newest evaluation on the run's own test split (dataset `data`) that has `want`: an "autoattack" result
-    or a "sweep"."""
-    has = {"sweep": lambda e: bool(e.get("sweep")), "autoattack": lambda e: "autoattack" in e.get("results", {})}
-    hits = [e for e in evals if e.get("data", {}).get("split") == "test" and e.get("data", {}).get("name") == data
-            and has[want](e)]
-    return hits[-1] if hits else None
+def _number(v: object) -> float:
+    """0.0313... or "8/255" (as written in YAML) -> float."""
+    if isinstance(v, str) and "/" in v:
+        num, den = v.split("/", 1)
+        return float(num) / float(den)
+    return float(v)
+
+
+def _threat_of(settings: object) -> tuple[str, float] | None:
+    if isinstance(settings, dict) and settings.get("norm") is not None and settings.get("eps") is not None:
+        return str(settings["norm"]).lower(), _number(settings["eps"])
+    return None
+
+
+def run_threat(results: dict) -> tuple[str, float]:
+    """A run's threat model (norm, eps) from its results.json: `config.threat` (current layout), else
+    `config.attack` (older results.json), else the test attack."""
+    cfg = results.get("config") or {}
+    for settings in (cfg.get("threat"), cfg.get("attack"), (results.get("test") or {}).get("attack")):
+        if (threat := _threat_of(settings)) is not None:
+            return threat
+    raise ValueError(f"results.json of {results.get('run_dir', '?')} holds no threat model (config.threat or "
+                     "config.attack with norm and eps)")
+
+
+def eval_threats(ev: dict, attack: str | None = None) -> list[tuple[str, float]]:
+    """The threat models an eval JSON states: its top-level `threat` and the settings of `attack`, or with
+    `attack` None, of its main `attack` and of every attack in `attacks`."""
+    attacks = ev.get("attacks") or {}
+    sources = [ev.get("threat"), *([attacks.get(attack)] if attack else [ev.get("attack"), *attacks.values()])]
+    return [t for s in sources if (t := _threat_of(s)) is not None]
+
+
+def _same_threat(a: tuple[str, float], b: tuple[str, float]) -> bool:
+    return a[0] == b[0] and abs(a[1] - b[1]) <= EPS_TOL
+
+
+def on_threat(ev: dict, threat: tuple[str, float], data: str, attack: str | None = None) -> bool:
+    """True if `ev` evaluated the run's own test split (dataset `data`) on the run's threat model: every threat
+    model it states (see `eval_threats`) has the run's norm and eps, and it states at least one."""
+    split = ev.get("data") or {}
+    claims = eval_threats(ev, attack)
+    return (split.get("split") == "test" and split.get("name") == data and bool(claims)
+            and all(_same_threat(c, threat) for c in claims))
+
+
+def _has(ev: dict, want: str) -> bool:
+    return bool(ev.get("sweep")) if want == "sweep" else want in (ev.get("results") or {})
+
+
+def _aa_version(ev: dict) -> str | None:
+    return ((ev.get("attacks") or {}).get("autoattack") or {}).get("version")
+
+
+def _rank(ev: dict) -> tuple:
+    """Preference among evaluations on the run's threat model: standard AutoAttack over other versions (or none),
+    then more images, then newer."""
+    results = ev.get("results") or {}
+    if "autoattack" in results:
+        n = results["autoattack"].get("n") or 0
+    else:
+        n = max((r.get("n") or 0 for r in results.values() if isinstance(r, dict)), default=0)
+    return _aa_version(ev) == "standard", n, ev.get("started", "")
+
+
+def _best(evals: list[dict], want: str, threat: tuple[str, float], data: str) -> dict | None:
+    """The preferred (see `_rank`) evaluation on the run's test split and threat model that has `want`: an
+    attack's result (e.g. "autoattack", judged by that attack's settings) or a "sweep"."""
+    hits = [e for e in evals if _has(e, want) and on_threat(e, threat, data, None if want == "sweep" else want)]
+    return max(hits, key=_rank) if hits else None
+
+
+def _describe(ev: dict, attack: str | None = None) -> dict:
+    split = ev.get("data") or {}
+    claims = eval_threats(ev, attack)
+    return {"file": ev["file"], "data": split.get("name"), "split": split.get("split"),
+            "threat": ", ".join(sorted({f"{n} eps {_eps(e)}" for n, e in claims})) or "no threat model stated"}
 
 
 def collect(run_dirs: list[Path]) -> list[dict]:
+    """One row per complete run. Its AutoAttack number comes from the preferred `roli eval` JSON (see `_rank`) on
+    the run's test split and threat model; other AutoAttack JSONs are listed under `aa_ignored`."""
     rows = []
     for d in run_dirs:
         res = json.loads((Path(d) / "results.json").read_text())
         if res.get("status") != "complete":
             continue
         cfg = res["config"]
-        aa = _latest(eval_results(d), "autoattack", cfg["data"]["name"])
+        norm, eps = threat = run_threat(res)
+        evals = eval_results(d)
+        aa = _best(evals, "autoattack", threat, cfg["data"]["name"])
+        ignored = [_describe(e, "autoattack") for e in evals if _has(e, "autoattack")
+                   and not on_threat(e, threat, cfg["data"]["name"], "autoattack")]
+        for i in ignored:
+            log.log(logging.INFO if aa else logging.WARNING,
+                    "report: %s: ignoring AutoAttack in %s (%s %s, %s): the run is %s eps %s on its %s test split",
+                    Path(d).name, i["file"], i["data"], i["split"], i["threat"], norm, _eps(eps), cfg["data"]["name"])
+        aa_res = aa["results"]["autoattack"] if aa else {}
         rows.append({
             "run": Path(d).name, "method": res["method"], "init": res["init"], "backbone": cfg["backbone"]["name"],
-            "data": cfg["data"]["name"], "eps": res["test"]["attack"]["eps"],
+            "data": cfg["data"]["name"], "norm": norm, "eps": eps,
             "selected_epoch": res["selected_epoch"], "val_clean": res["best_val"]["clean"],
             "val_robust": res["best_val"]["robust"], "test_clean": res["test"]["clean"],
-            "test_pgd": res["test"]["pgd"], "test_aa": aa["results"]["autoattack"]["acc"] if aa else None,
+            "test_pgd": res["test"]["pgd"], "test_aa": aa_res.get("acc"),
             "seconds": res["seconds"], "pgd_steps": res["test"]["attack"]["steps"], "n_test": res["test"]["n"],
-            "aa_n": aa["results"]["autoattack"]["n"] if aa else None,
-            "aa_version": aa["attacks"]["autoattack"]["version"] if aa else None,
-            "aa_seconds": aa["results"]["autoattack"]["seconds"] if aa else None,
+            "aa_n": aa_res.get("n"), "aa_version": _aa_version(aa) if aa else None,
+            "aa_seconds": aa_res.get("seconds"), "aa_file": aa["file"] if aa else None, "aa_ignored": ignored,
         })
     return rows
 
@@ -83,8 +165,8 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     names = {"run": "run", "method": "method", "init": "init", "backbone": "backbone", "data": "data", "eps": "eps",
              "selected_epoch": "epoch", "val_clean": "val clean", "val_robust": "val PGD",
              "test_clean": "test clean", "test_pgd": f"test PGD-{'/'.join(map(str, steps))}", "test_aa": "test AA",
-             "seconds": "seconds"}
-    cols = [c for c in COLUMNS if c != "test_aa" or any(r["test_aa"] is not None for r in rows)]
+             "aa_version": "AA version", "aa_n": "AA n", "seconds": "seconds"}
+    cols = [c for c in COLUMNS if c not in AA_COLUMNS or any(r["test_aa"] is not None for r in rows)]
     return [names[c] for c in cols], [[_cell(r[c], c) for c in cols] for r in rows]
 
 
@@ -97,20 +179,33 @@ def markdown(rows: list[dict]) -> str:
                               "(best validation PGD accuracy).\n"
     aa = [r for r in rows if r["test_aa"] is not None]
     if aa:
-        versions = "/".join(sorted({r["aa_version"] for r in aa}))
-        sizes = "/".join(map(str, sorted({r["aa_n"] for r in aa})))
-        times = ", ".join(f"{r['run']} {r['aa_seconds']:.0f} s" for r in aa)
-        text += f"AA = AutoAttack ({versions}) from `roli eval` on {sizes} test images; wall time {times}.\n"
+        versions = "/".join(sorted({str(r["aa_version"]) for r in aa}))
+        sizes = "/".join(sorted({str(r["aa_n"]) for r in aa}, key=lambda n: (len(n), n)))
+        times = ", ".join(f"{r['run']} {r['aa_seconds']:.0f} s" for r in aa if r["aa_seconds"] is not None) or "–"
+        text += (f"AA = AutoAttack ({versions}) from `roli eval` on {sizes} test images, on each run's own norm and "
+                 f"eps (standard version preferred, then more images, then newest); wall time {times}.\n")
+    ignored = [f"{r['run']}: {i['file']} ({i['data']} {i['split']}, {i['threat']})" for r in rows
+               for i in r["aa_ignored"]]
+    if ignored:
+        text += ("AutoAttack evaluations ignored (not on the run's test split and threat model): "
+                 + "; ".join(ignored) + ".\n")
     return text
 
 
 def sanity(rows: list[dict], run_dirs: list[Path]) -> str:
-    """One line per run: its `roli eval` checks, plus clean >= PGD >= AA on the table's own numbers."""
+    """One line per run: its `roli eval` checks, plus clean >= PGD >= AA on the table's own numbers.
+
+    Per suite, the checks of one eval JSON: the preferred one (see `_rank`) among those on the run's test split
+    and threat model (every attack in it at the run's norm and eps); the others are not shown."""
     by_name = {Path(d).name: Path(d) for d in run_dirs}
     lines = ["## Sanity checks", ""]
     for r in rows:
-        latest = {e.get("suite"): e for e in eval_results(by_name[r["run"]])}  # the newest of each suite
-        checks = [dict(c, file=e["file"]) for e in latest.values() for c in e.get("checks", [])]
+        best: dict = {}
+        for e in eval_results(by_name[r["run"]]):
+            if on_threat(e, (r["norm"], r["eps"]), r["data"]):
+                suite = e.get("suite")
+                best[suite] = max(best.get(suite, e), e, key=_rank)
+        checks = [dict(c, file=e["file"]) for e in best.values() for c in e.get("checks", [])]
         if r["test_aa"] is not None and r["aa_n"] == r["n_test"]:
             checks.append({**check_ordering({"clean": r["test_clean"], "pgd": r["test_pgd"],
                                              "autoattack": r["test_aa"]}).to_dict(), "file": "this table"})
@@ -216,11 +311,12 @@ def write_report(out: Path, run_dirs: list[Path]) -> Path:
         with open(out / "report.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
-            w.writerows(rows)
+            w.writerows({**r, "aa_ignored": ";".join(i["file"] for i in r["aa_ignored"])} for r in rows)
         dirs = {Path(d).name: Path(d) for d in run_dirs}
         scatter(rows, out / PLOTS["scatter"])
         pngs.append(PLOTS["scatter"])
-        sweeps = {r["run"]: s for r in rows if (s := _latest(eval_results(dirs[r["run"]]), "sweep", r["data"]))}
+        sweeps = {r["run"]: s for r in rows
+                  if (s := _best(eval_results(dirs[r["run"]]), "sweep", (r["norm"], r["eps"]), r["data"]))}
         if sweeps:
             eps_curves(sweeps, out / PLOTS["eps"])
             pngs.append(PLOTS["eps"])
