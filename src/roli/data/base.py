@@ -1,4 +1,5 @@
-"""Split containers, the seeded train/val carve, and DataLoaders whose order depends only on (seed, epoch)."""
+"""Split containers, the seeded train/val carve, seeded class-balanced limits, and DataLoaders whose order depends
+only on (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -62,25 +63,83 @@ def membership_hash(members) -> str:
 
 
 def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded (rest, carved) split of range(n), each in shuffled order, so `*_limit` (the first N) is a random,
-    class-balanced subset even when the source is stored class by class; the same seed gives the same split."""
+    """A seeded (rest, carved) split of range(n), each in shuffled order; the same seed gives the same split."""
     perm = np.random.default_rng(seed).permutation(n)
     k = int(round(n * fraction))
     return perm[k:], perm[:k]
 
 
+LIMIT_RULE = "class-balanced, seeded"
+_SPLIT_CODES = {"train": 1, "val": 2, "test": 3}  # a stable number per split name for the limit's seed
+
+
+def split_labels(d: Dataset) -> np.ndarray:
+    """The labels of a split as an int64 array, without decoding images (ImageTensors and the lazily loaded
+    ImageFiles of roli.data.folder both keep them in `labels`)."""
+    labels = getattr(d, "labels", None)
+    if labels is None:
+        raise TypeError(f"{type(d).__name__} has no `labels`; a split needs them for a class-balanced limit")
+    if isinstance(labels, torch.Tensor):
+        labels = labels.numpy()
+    return np.asarray(labels, dtype=np.int64)
+
+
+def class_quotas(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """How many of n examples each class gives: as equal as possible, a class with fewer than its share gives all
+    of them, and the remainder of an uneven share goes, one each, to seeded random classes that have more."""
+    quota = np.zeros(len(counts), dtype=np.int64)
+    left = np.arange(len(counts))  # the classes not yet capped by their size
+    while n > 0 and len(left):
+        share = n // len(left)
+        small = left[counts[left] <= share]
+        if len(small):  # these give everything; share what they leave among the others
+            quota[small] = counts[small]
+            n -= int(counts[small].sum())
+            left = left[counts[left] > share]
+            continue
+        quota[left] = share
+        extra = rng.choice(left, size=n - share * len(left), replace=False)  # all have >= share + 1 examples
+        quota[extra] += 1
+        break
+    return quota
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int, split: str) -> np.ndarray:
+    """Positions of a seeded, class-balanced subset of n examples, in a seeded shuffled order.
+
+    Each class gives as equal a count as possible (see `class_quotas`), drawn at random within the class; the draw
+    depends only on (labels, n, seed, split), so train, val and test limits are independent draws and the same
+    config selects the same examples every time. n >= len(labels) keeps everything, in the original order.
+    """
+    labels = np.asarray(labels)
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, _SPLIT_CODES.get(split, 0)])
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    quota = class_quotas(counts, n, rng)
+    chosen = [rng.permutation(np.flatnonzero(inverse == c))[:q] for c, q in enumerate(quota) if q]
+    return rng.permutation(np.concatenate(chosen))
+
+
 def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_classes: int, source: str,
            extra: dict | None = None) -> Splits:
-    """Apply the configured limits and record sizes and split-membership hashes.
+    """Apply the configured limits and record sizes, classes present and split-membership hashes.
 
-    The splits are ImageTensors or any dataset with `indices`, `subset(idx)` and optionally `membership` (e.g.
-    the lazily loaded image files of roli.data.folder, whose membership is their relative paths).
+    A limit N keeps a seeded, class-balanced subset of N examples of its split (`balanced_subset`, seeded by
+    `data.split_seed` and the split name) in a shuffled order; a limit >= the split's size keeps the split as is.
+    The splits are ImageTensors or any dataset with `labels`, `indices`, `subset(idx)` and optionally `membership`
+    (e.g. the lazily loaded image files of roli.data.folder, whose membership is their relative paths).
     """
     parts = {"train": (train, cfg.train_limit), "val": (val, cfg.val_limit), "test": (test, cfg.test_limit)}
-    out = {k: (d.subset(np.arange(min(lim, len(d)))) if lim else d) for k, (d, lim) in parts.items()}
+    out = {}
+    for k, (d, lim) in parts.items():
+        out[k] = d.subset(balanced_subset(split_labels(d), lim, cfg.split_seed, k)) if lim and lim < len(d) else d
     info = {"name": cfg.name, "source": source, "num_classes": num_classes, "split_seed": cfg.split_seed}
+    if any(lim for _, lim in parts.values()):
+        info["limit_rule"] = LIMIT_RULE
     for k, d in out.items():
         info[f"{k}_size"] = len(d)
+        info[f"{k}_classes"] = int(len(np.unique(split_labels(d))))
         info[f"{k}_hash"] = membership_hash(getattr(d, "membership", d.indices))
     info.update(extra or {})
     return Splits(out["train"], out["val"], out["test"], num_classes, info)

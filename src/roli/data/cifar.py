@@ -6,6 +6,12 @@ B13); set `backbone.input_size: 224` to resize inside the model, so the perturba
 Split as the reference's VTAB loader: train = the first 90% of the official train set, val = the last 10%
 (`data.val_fraction`), test = the official test set: 45,000 / 5,000 / 10,000.
 
+The sizes match the reference, the membership does not: roli's val is the last 10% (5,000 images) of the
+official *pickle-batch* order (the end of data_batch_5), while the reference's TFDS slice `train[90%:]` is the last
+10% in TFDS's own order of the training set, which holds other images; so roli's train and val hold other images
+than the reference's (the test set is the same 10,000). The membership hashes in results.json (`train_hash`,
+`val_hash`: hashes of the example indices in the official train order) identify exactly which images were used.
+
 The batches are pickles. They are read with an unpickler that only builds numpy arrays (like torch's
 weights_only), so a tampered file cannot run code.
 """

@@ -41,7 +41,10 @@ _READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 class ImageFiles(Dataset):
-    """Images `root / files[i]` with labels, decoded on access and transformed to [0,1] tensors."""
+    """Images `root / files[i]` with labels, decoded on access and transformed to [0,1] tensors.
+
+    `labels` (an int64 array) is known without decoding any image, so a limit can pick a class-balanced subset.
+    """
 
     def __init__(self, root: Path, files: Sequence[str], labels: Sequence[int], transform: Callable,
                  indices: np.ndarray | None = None) -> None:
