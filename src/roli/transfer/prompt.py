@@ -1,7 +1,7 @@
-"""Visual prompt tuning (Jia et al., 2022): `vpt_deep` and `vpt_shallow` for timm VisionTransformer.
+"""Visual prompt tuning (Jia et al., 2022): `vpt_deep` and `vpt_shallow` for timm VisionTransformer and SwinTransformer.
 
-`num_tokens` learnable prompt tokens are inserted after the prefix tokens (class and any register tokens) and
-before the patch tokens:
+The method picks the injection by backbone type. ViT: `num_tokens` learnable prompt tokens are inserted after the
+prefix tokens (class and any register tokens) and before the patch tokens:
 - vpt_shallow: one prompt (1, T, dim), inserted before block 0; it then flows through every block.
 - vpt_deep: one prompt per block; block 0 inserts its prompt, every later block *replaces* the previous block's
   prompt outputs by its own (spec §5: 12·T·768 parameters on ViT-B).
@@ -16,9 +16,17 @@ Init: uniform(-v, v), v = sqrt(6 / (in_chans·patch_h·patch_w + dim)), the VPT 
 (it writes 3·patch² for RGB; here in_chans is the backbone's, e.g. 1 for vit_tiny_28). Prompt dropout (default
 0.1) is active in train mode only, as in the reference.
 
-Trainable: the prompts (deep: depth·T·dim, shallow: T·dim) plus the head.
-Backbones: timm VisionTransformer only (incl. vit_tiny_28). Swin VPT (prompts added to every window's attention,
-tiled at patch merging) is not implemented; Swin, ResNet and others raise UnsupportedBackbone.
+Swin (`roli.transfer.prompt_swin`, the design of VPT's Swin reference): the T prompt tokens are carried beside
+the NHWC feature map and join the attention of every window (no position bias, never masked); their outputs are
+averaged over the windows, and at each patch merging they are tiled 4x along channels through the merge's norm and
+reduction. vpt_shallow: one prompt (1, T, embed_dim) before the first block; vpt_deep: every block has its own
+prompt (1, T, block dim) that replaces the incoming one, i.e. 12,032·T parameters on Swin-B (T·(2·128 + 2·256 +
+18·512 + 2·1024)). The prompts are dropped after the last block, as for ViT. Same init (v from the patch embedding
+and embed_dim, for every stage's prompts) and prompt dropout as for ViT.
+
+Trainable: the prompts (ViT deep: depth·T·dim; shallow: T·embed_dim) plus the head.
+Backbones: timm VisionTransformer (incl. vit_tiny_28) and SwinTransformer; ResNet and others raise
+UnsupportedBackbone.
 """
 
 from __future__ import annotations
@@ -28,13 +36,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from roli.config import TransferConfig
 from roli.transfer.base import TRANSFER, TransferMethod, UnsupportedBackbone
+from roli.transfer.prompt_swin import PromptedSwinBlock, check_swin, inject_swin
 
-SUPPORTED = "timm VisionTransformer backbones (e.g. vit_tiny_28, vit_base_patch16_224); Swin VPT is not implemented"
+SUPPORTED = "timm VisionTransformer (e.g. vit_tiny_28, vit_base_patch16_224) and SwinTransformer backbones"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,11 +95,12 @@ class PromptedBlock(nn.Module):
                f"remove={self.remove}"
 
 
-def init_prompt(net: VisionTransformer, num_tokens: int) -> nn.Parameter:
+def init_prompt(net: VisionTransformer | SwinTransformer, num_tokens: int, dim: int | None = None) -> nn.Parameter:
+    """A (1, T, dim) prompt (dim: embed_dim unless given, e.g. a later Swin stage's width)."""
     proj = net.patch_embed.proj
     patch_area = math.prod(net.patch_embed.patch_size)
     val = math.sqrt(6.0 / float(proj.in_channels * patch_area + net.embed_dim))
-    prompt = torch.empty(1, num_tokens, net.embed_dim, device=proj.weight.device, dtype=proj.weight.dtype)
+    prompt = torch.empty(1, num_tokens, dim or net.embed_dim, device=proj.weight.device, dtype=proj.weight.dtype)
     return nn.Parameter(nn.init.uniform_(prompt, -val, val))
 
 
@@ -99,6 +110,8 @@ class _VPT(TransferMethod):
     deep: bool
 
     def check(self, net: nn.Module) -> None:
+        if isinstance(net, SwinTransformer):
+            return check_swin(net, self.config.name)
         if not isinstance(net, VisionTransformer):
             raise UnsupportedBackbone(f"{self.config.name} supports {SUPPORTED}; got {type(net).__name__}")
         if not isinstance(net.blocks, nn.Sequential) or len(net.blocks) == 0:
@@ -107,6 +120,9 @@ class _VPT(TransferMethod):
             raise UnsupportedBackbone(f"{self.config.name}: this ViT already has prompts")
 
     def inject(self, net: nn.Module) -> None:
+        if isinstance(net, SwinTransformer):
+            c = self.config
+            return inject_swin(net, lambda dim: init_prompt(net, c.num_tokens, dim), self.deep, c.dropout)
         c, last = self.config, len(net.blocks) - 1
         for i, block in enumerate(net.blocks):
             has_prompt = i == 0 or self.deep
@@ -119,7 +135,8 @@ class _VPT(TransferMethod):
             )
 
     def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
-        return [m.prompt for m in net.modules() if isinstance(m, PromptedBlock) and m.prompt is not None]
+        prompted = (PromptedBlock, PromptedSwinBlock)
+        return [m.prompt for m in net.modules() if isinstance(m, prompted) and m.prompt is not None]
 
 
 @TRANSFER.register("vpt_deep")
