@@ -56,7 +56,7 @@ def test_report_files_and_numbers(two_runs, tmp_path):
                 assert got == v, k
             else:
                 assert float(got) == v, k  # exact: the CSV holds the results.json values
-        assert float(row["eps"]) == pytest.approx(res["test"]["attack"]["eps"])
+        assert float(row["eps"]) == pytest.approx(res["test"]["threat"]["eps"])
         assert int(row["pgd_steps"]) == res["test"]["attack"]["steps"]
         assert int(row["n_test"]) == res["test"]["n"]
 

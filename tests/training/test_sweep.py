@@ -142,7 +142,7 @@ def test_paper_grid_dry_run(capsys):
     text = capsys.readouterr().out
     assert "100 cells" in text  # 2 backbones x 5 datasets x 10 cells (6 methods x 2 inits - LP RoLI - VPT RoLI)
     assert "swin_b-cifar10-lora-roli-s0" in text and "vit_b-cub200-vpt_deep-ranli-s0" in text
-    assert "swin_b-cifar10-vpt_deep" not in text
+    assert "swin_b-cifar10-vpt_deep-ranli-s0" in text and "vpt_deep-roli" not in text  # Swin VPT runs; no RoLI-VPT
     assert "GPU-hours" in text and "assumed" in text
     p = plan(REPO / "recipes" / "paper" / "grid.yaml")
     assert all(h is not None and h > 0 for h in p.costs)

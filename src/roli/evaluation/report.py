@@ -253,9 +253,10 @@ def eps_curves(sweeps: dict[str, dict], path: Path) -> None:
     for name, ev in sweeps.items():
         pts = sorted(ev["sweep"], key=lambda p: p["eps"])
         ax.plot([p["eps"] for p in pts], [p["acc"] for p in pts], marker="o", label=name)
-    pgd = next(iter(sweeps.values()))["attacks"]["sweep"]
-    ax.axvline(pgd["eps"], color="gray", linestyle="--", linewidth=1, label=f"eval eps {pgd['eps']:.4g}")
-    ax.set_xlabel(f"eps ({pgd['norm']}, [0,1] pixel units)")
+    first = next(iter(sweeps.values()))
+    pgd, threat = first["attacks"]["sweep"], first.get("threat") or first["attacks"]["sweep"]  # 0.1 files: in attack
+    ax.axvline(threat["eps"], color="gray", linestyle="--", linewidth=1, label=f"eval eps {threat['eps']:.4g}")
+    ax.set_xlabel(f"eps ({threat['norm']}, [0,1] pixel units)")
     ax.set_ylabel(f"PGD-{pgd['steps']} accuracy (%)")
     ax.set_title("accuracy vs eps (should fall to ~0)")
     ax.set_ylim(-2, 102)
