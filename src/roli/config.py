@@ -171,7 +171,10 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None
     adversarial: bool = True  # False = standard training (the non-robust baseline)
-    amp: bool = False  # bf16 autocast for the training step only; attacks stay fp32
+    # Autocast for the training attack's forward/backward *and* the training step (losses and the attack's step
+    # arithmetic stay fp32). fp16 uses a gradient scaler and needs CUDA; bf16 on a CPU needs native bf16 (AVX-512
+    # BF16 or AMX), else roli falls back to fp32 with a warning (emulated bf16 is ~4x slower).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -203,6 +206,11 @@ def _pgd(steps: int) -> Any:
 class EvalConfig:
     attack: AttackConfig = field(default_factory=_pgd(10))  # validation (every epoch) and test attack
     select: Literal["robust", "clean", "last"] = "robust"  # which epoch's weights are kept
+    # Reported numbers are attacked in fp32 unless asked otherwise (bf16 is checked to within 0.5 points in tests).
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Stop attacking an example once it is misclassified: exact with per-example worst-case selection (it cannot
+    # become robust again), so the accuracy is unchanged and the cost follows the still-robust fraction.
+    early_stop: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,7 +219,11 @@ class RunSettings:
     name: str | None = None  # run folder name; None = the recipe's file name
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None  # torch CPU threads; None = the number of cores
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic algorithms (scoped to this run; CUDA: cuBLAS workspace set)
+    # best.pt of a run that freezes the backbone stores only what trains plus the backbone file's identity (path,
+    # SHA-256); `standalone_best: true` stores the whole model instead (e.g. to move it without the backbone file).
+    standalone_best: bool = False
+    keep_resume_state: bool = False  # keep checkpoint.pt (optimizer, RNG) after the run completes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -378,7 +390,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 # roli 0.1 keys -> today's: the threat model lived in `attack`, the evaluation attack was `eval.attack_*`.
 _RENAMED = {"attack.norm": "threat.norm", "attack.eps": "threat.eps", "eval.attack_steps": "eval.attack.steps",
             "eval.attack_step_size": "eval.attack.step_size", "eval.restarts": "eval.attack.restarts",
-            "transfer.head_bias": "transfer.head_init (focal -> paper, zero -> torch)"}
+            "transfer.head_bias": "transfer.head_init (focal -> paper, zero -> torch)",
+            "train.amp": "train.precision (true -> bf16)"}
 
 
 def _reject_old_style(raw: Mapping[str, Any], where: str) -> None:
@@ -411,6 +424,8 @@ def upgrade(raw: Mapping[str, Any]) -> dict[str, Any]:
         bias = out["transfer"].pop("head_bias")
         if bias == "focal":  # the closest today: the reference's full RanLI head (weights and bias)
             out["transfer"]["head_init"] = "paper"
+    if "amp" in out.get("train", {}):
+        out["train"]["precision"] = "bf16" if out["train"].pop("amp") else "fp32"
     if attack.get("name") == "fgsm":  # 0.1 FGSM configs carried PGD's fields
         out["attack"] = {k: v for k, v in attack.items() if k in ("name", "loss")}
     return out

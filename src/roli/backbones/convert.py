@@ -216,6 +216,21 @@ def sha256sum(path: str | Path) -> str:
     return _SHA_CACHE[key]
 
 
+def roli_file_normalisation(obj: object) -> dict:
+    """A roli file (best.pt, `roli export`) carries its model's normalisation and input size: keep them when it is
+    reused as a backbone, instead of falling back to the architecture's defaults (0.5/0.5 for many timm ViTs)."""
+    if not (isinstance(obj, dict) and obj.get("format") == "roli"):
+        return {}
+    model = obj["model"]
+    out: dict = {}
+    if "normalize.mean" in model and "normalize.std" in model:
+        out.update(mean=model["normalize.mean"].flatten().tolist(), std=model["normalize.std"].flatten().tolist())
+    size = ((obj.get("config") or {}).get("backbone") or {}).get("input_size")
+    if size:
+        out["input_size"] = size
+    return out
+
+
 def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "auto",
                     key_map: Sequence[tuple[str, str]] = (), expected_sha256: str | None = None) -> dict:
     """Load a local weights file into `net` (weights_only, strict but for the head); returns the load report."""
@@ -223,7 +238,8 @@ def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "aut
     if expected_sha256 and digest and not digest.startswith(expected_sha256.lower()):
         raise CheckpointError(f"{path}: sha256 {digest} does not match the known checkpoint's {expected_sha256}; "
                               "is it another file? (load it by its timm architecture name and `backbone.format`)")
-    conv = convert_state_dict(extract_state_dict(load_file(path), path), net, fmt, key_map)
+    obj = load_file(path)
+    conv = convert_state_dict(extract_state_dict(obj, path), net, fmt, key_map)
     for k, v in net.state_dict().items():
         # BatchNorm's step counter is unused with a fixed momentum; older torch did not save it.
         if k.endswith("num_batches_tracked") and k not in conv.state:
@@ -241,6 +257,7 @@ def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "aut
                   dropped_examples=list(conv.dropped)[:5])
     if conv.mean is not None:
         report.update(mean=conv.mean, std=conv.std)
+    report.update(roli_file_normalisation(obj))
     log.info("loaded %d tensors from %s: format %s, %d keys renamed, %d dropped (%s), new head %s",
              report["loaded"], path, conv.format, len(conv.renamed), len(conv.dropped),
              ", ".join(sorted(set(conv.dropped.values()))) or "none", report["missing_head"])

@@ -78,10 +78,11 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weight
     else:
         mean, std, norm_from = defaults["mean"], defaults["std"], "architecture"
     in_chans = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (len(mean),))[0]
-    model = Classifier(net, PixelNormalize(mean, std, cfg.input_size, in_chans=in_chans))
+    input_size = cfg.input_size or (loaded or {}).get("input_size")  # a reused roli file keeps its resize
+    model = Classifier(net, PixelNormalize(mean, std, input_size, in_chans=in_chans))
     model.roli_load_report = {  # type: ignore[attr-defined]  (goes into results.json)
         "arch": cfg.name, "known": known.name if known else None, "checkpoint": loaded,
-        "mean": list(mean), "std": list(std), "normalisation_from": norm_from,
+        "mean": list(mean), "std": list(std), "normalisation_from": norm_from, "input_size": input_size,
         "pretrain_eps": known.pretrain_eps if known else None,
     }
     return model

@@ -26,7 +26,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
     set_train_mode(model, True)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.amp else contextlib.nullcontext()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
