@@ -396,7 +396,7 @@ _RENAMED = {"attack.norm": "threat.norm", "attack.eps": "threat.eps", "eval.atta
 
 def _reject_old_style(raw: Mapping[str, Any], where: str) -> None:
     """A roli 0.1 recipe fails with the renames that convert it."""
-    old = [k for k in _RENAMED if k.split(".")[1] in (raw.get(k.split(".")[0]) or {})]
+    old = [k for k in _RENAMED if isinstance(sec := raw.get(k.split(".")[0]), Mapping) and k.split(".")[1] in sec]
     if old:
         raise ConfigError(f"{where}: roli 0.1 key(s) {old}: the threat model is now the `threat:` section and each "
                           f"attack has only its own fields; rename {'; '.join(f'{k} -> {_RENAMED[k]}' for k in old)} "
