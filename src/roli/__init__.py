@@ -12,6 +12,7 @@ _API = {
     "Config": "roli.config",
     "load_config": "roli.config",
     "build_attack": "roli.attacks",
+    "make_attack": "roli.attacks",
     "create_backbone": "roli.backbones",
     "build_transfer": "roli.transfer",
     "evaluate": "roli.evaluation.accuracy",

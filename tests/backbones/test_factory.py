@@ -72,6 +72,42 @@ def test_drop_rates_reach_the_network():
     assert drop_paths and max(drop_paths) == pytest.approx(0.1)
 
 
+def test_every_dropout_knob_reaches_its_timm_module():
+    """drop_rate is timm's pre-classifier dropout only; the reference's ViT dropout 0.1 (MLP + embeddings) is
+    proj_drop_rate + pos_drop_rate (protocol B8)."""
+    net = create_backbone("vit_tiny_28", num_classes=3, proj_drop_rate=0.1, pos_drop_rate=0.2, attn_drop_rate=0.3).net
+    block = net.blocks[0]
+    assert (block.mlp.drop1.p, block.mlp.drop2.p, block.attn.proj_drop.p) == (0.1, 0.1, 0.1)
+    assert net.pos_drop.p == 0.2 and block.attn.attn_drop.p == 0.3 and net.head_drop.p == 0.0
+    net = create_backbone("vit_tiny_28", num_classes=3, drop_rate=0.25).net
+    assert net.head_drop.p == 0.25 and net.blocks[0].mlp.drop1.p == 0.0 and net.pos_drop.p == 0.0
+
+
+def test_a_knob_the_architecture_lacks_is_a_clear_error():
+    with pytest.raises(BackboneError, match=r"test_resnet does not accept \['pos_drop_rate'\].*ResNet: drop_rate"):
+        create_backbone("test_resnet", num_classes=3, pos_drop_rate=0.1)
+
+
+def test_a_roli_file_reused_as_backbone_keeps_its_normalisation_and_input_size(tmp_path, x):
+    """A `roli export` file (or best.pt) carries its model's mean/std and resize: reusing it as backbone.checkpoint
+    must not fall back to the architecture's defaults."""
+    src = create_backbone("vit_tiny_28", num_classes=5, mean=(0.1,), std=(0.2,), input_size=28)
+    state = {f"net.{k}": v for k, v in src.net.state_dict().items()} | {
+        f"normalize.{k}": v for k, v in src.normalize.state_dict().items()}
+    path = tmp_path / "exported.pt"
+    torch.save({"format": "roli", "model": state, "config": {"backbone": {"name": "vit_tiny_28", "input_size": 28}},
+                "classifier": "head", "num_classes": 5}, path)
+    model = build_model(BackboneConfig(name="vit_tiny_28", checkpoint=str(path)), num_classes=5)
+    assert model.normalize.mean.flatten().tolist() == pytest.approx([0.1])
+    assert model.normalize.std.flatten().tolist() == pytest.approx([0.2]) and model.normalize.input_size == 28
+    report = model.roli_load_report
+    assert report["normalisation_from"] == "checkpoint" and report["input_size"] == 28
+    model.eval(), src.eval()
+    with torch.no_grad():  # same backbone features: the stored weights and normalisation are both used
+        torch.testing.assert_close(model.net.forward_features(model.normalize(x)),
+                                   src.net.forward_features(src.normalize(x)))
+
+
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
 def test_timm_architecture_by_name(x, name):
     assert timm.is_model(name) and name not in BACKBONES

@@ -250,3 +250,22 @@ def test_eval_bad_autoattack_options_exit_2(finished_run, capsys, args, expected
     run_dir, _, _ = finished_run
     assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--limit", "4", *args]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_eval_device_cuda_without_a_gpu_is_a_one_line_error(finished_run, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    run_dir, _, _ = finished_run
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--device", "cuda", "--limit", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device is available; use auto or cpu" in err and "Traceback" not in err
+
+
+def test_eval_overrides_the_threat_model_and_refuses_fields_the_attack_lacks(finished_run, tmp_path, capsys):
+    run_dir, _, cfg = finished_run
+    out = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--norm", "l2", "--eps", "0.5", "--limit", "8",
+                 "--output", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["threat"] == {"norm": "l2", "eps": 0.5} and data["attack"]["steps"] == cfg.eval.attack.steps
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--attack", "fgsm", "--steps", "5"]) == 2
+    assert "unknown key(s) ['steps']" in capsys.readouterr().err

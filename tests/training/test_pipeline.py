@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from timm.models.vision_transformer import VisionTransformer
 
 from roli.backbones.checkpoints import load_file
 from roli.config import load_config
@@ -165,6 +168,32 @@ def test_stage1_key_depends_on_exactly_the_stage1_settings(fast_cfg):
     assert stage1_key(fast_cfg(["transfer.name=linear_probe", "transfer.init=roli"])) is None
     s1 = stage1_config(fast_cfg(ROLI))
     assert s1.transfer.name == "linear_probe" and s1.transfer.init == "ranli" and s1.train == s1.stage1
+
+
+def test_stage1_key_follows_the_backbone_files_content(fast_cfg, tmp_path):
+    """Replacing the weights file at the same path must not reuse a stale stage-1 head."""
+    path = tmp_path / "backbone.pt"
+    torch.manual_seed(0)
+    torch.save(VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=8, depth=1, num_heads=2).state_dict(),
+               path)
+    cfg = fast_cfg([*LP_AS_STAGE1, f"backbone.checkpoint={path}"])
+    key = stage1_key(cfg)
+    assert stage1_key(cfg) == key
+    torch.manual_seed(1)  # same path, same size, other weights
+    torch.save(VisionTransformer(img_size=28, patch_size=7, in_chans=1, embed_dim=8, depth=1, num_heads=2).state_dict(),
+               path)
+    os.utime(path, ns=(1, 1))  # even with a faked modification time the content decides (size+mtime cache key)
+    assert stage1_key(cfg) != key
+
+
+def test_the_paper_head_is_used_in_stage1_and_ranli(fast_cfg):
+    assert stage1_config(fast_cfg([*ROLI, "transfer.head_init=paper"])).transfer.head_init == "paper"
+
+
+def test_deterministic_runs_do_not_leak_into_later_runs(fast_cfg, tmp_path):
+    res = run(fast_cfg(["run.deterministic=true", "train.epochs=1"]), out=tmp_path, name="det")
+    assert res["status"] == "complete" and res["device"].startswith("cpu (")
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_partial_stage1_section_keeps_the_stage1_defaults():
