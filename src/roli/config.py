@@ -119,6 +119,12 @@ class ThreatConfig:
                                                      "mean {:g}/255?)".format(self.eps))
 
 
+def eps_str(eps: float) -> str:
+    """`8/255` where eps is an exact multiple of 1/255 (as the papers write it), else the number itself."""
+    k = eps * 255
+    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:g}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class AttackConfig:
     """Base of every attack's config: the registered `name` picks the attack and its own config class, which holds

@@ -3,16 +3,42 @@
 Each registry knows the package whose modules fill it and imports that package (by name) the first time it is
 asked for an entry, so `roli.config` can resolve `name: pgd` to PGD's config class without importing
 `roli.attacks` itself: the dependency arrows point up only at run time, through this file.
+
+Plugins: an installed package that declares an entry point in the group `roli.plugins` (pyproject:
+`[project.entry-points."roli.plugins"] my_plugin = "my_package.roli_plugin"`) is imported the first time any
+registry is asked for an entry; its module registers entries with `from roli.registry import TRANSFER` and
+`@TRANSFER.register("my_method")` (same for ATTACKS, BACKBONES, DATASETS, CONVERTERS). No edit of roli is needed.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+PLUGIN_GROUP = "roli.plugins"
+_plugins_loaded: list[str] | None = None  # names of the plugins imported so far; None = not looked for yet
+
+
+def load_plugins() -> list[str]:
+    """Import every `roli.plugins` entry point once; a broken plugin is logged and skipped, never fatal."""
+    global _plugins_loaded
+    if _plugins_loaded is None:
+        from importlib.metadata import entry_points
+
+        _plugins_loaded = []
+        for ep in entry_points(group=PLUGIN_GROUP):
+            try:
+                ep.load()
+                _plugins_loaded.append(ep.name)
+            except Exception as e:  # noqa: BLE001 - a third-party plugin must not break roli
+                log.warning("roli plugin %r (%s) failed to load and is skipped: %s: %s", ep.name, ep.value,
+                            type(e).__name__, e)
+    return list(_plugins_loaded)
 
 
 class Registry(Generic[T]):
@@ -24,6 +50,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def _fill(self) -> None:
+        load_plugins()
         if self.package is not None:
             package, self.package = self.package, None  # once; a failing import raises again next time
             try:

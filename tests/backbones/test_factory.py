@@ -180,3 +180,20 @@ def test_shipped_backbones_load_their_own_weights():
     assert all(torch.equal(v, again[k]) for k, v in robust.items())
     assert not torch.equal(robust["pos_embed"], random["pos_embed"])  # weights really came from the file
     assert not torch.equal(robust["blocks.0.attn.qkv.weight"], standard["blocks.0.attn.qkv.weight"])
+
+
+def test_shipped_backbones_load_offline_through_timm(x):
+    """timm users get roli's backbones from timm's own registry, from the file inside the package (no network)."""
+    import roli.backbones  # noqa: F401  (registers them)
+
+    assert {"vit_tiny_28", "vit_tiny_28_fmnist_robust", "vit_tiny_28_fmnist_standard"} <= set(timm.list_models("vit_tiny_28*"))
+    net = timm.create_model("vit_tiny_28_fmnist_robust", pretrained=True, num_classes=10).eval()
+    cfg = net.pretrained_cfg
+    assert cfg["file"].endswith("vit_tiny_28_fmnist_robust.pt") and cfg["mean"] == (0.2860,)
+    ours = create_backbone("vit_tiny_28_fmnist_robust", num_classes=10).eval()
+    mean, std = torch.tensor(cfg["mean"]).view(1, -1, 1, 1), torch.tensor(cfg["std"]).view(1, -1, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(net.forward_features((x - mean) / std), ours.net.forward_features(ours.normalize(x)))
+    five = timm.create_model("vit_tiny_28_fmnist_standard", pretrained=True, num_classes=5)  # new head, same body
+    assert five.head.out_features == 5
+    torch.testing.assert_close(five.blocks[0].attn.qkv.weight, create_backbone("vit_tiny_28_fmnist_standard").net.blocks[0].attn.qkv.weight)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import roli
 import torch
 import yaml
 
@@ -30,11 +32,11 @@ def test_list_prints_every_registered_name(capsys):
         for name in registry.names():
             assert name in out, name
     assert "transfer methods:" in out and "attacks:" in out
-    assert "step_size: float = 0.00784" in out  # method/attack fields are listed with their defaults
+    assert "step_size: float = 2/255" in out  # method/attack fields are listed with their defaults, eps as k/255
     fgsm = next(line for line in out.splitlines() if line.strip().startswith("fgsm*:"))
     aa = next(line for line in out.splitlines() if line.strip().startswith("autoattack:"))
     assert "loss" in fgsm and not any(k in fgsm + aa for k in ("steps", "step_size", "random_start", "eps"))
-    assert "threat: norm: linf|l2 = 'linf', eps: float = 0.03137" in out  # one threat model for all attacks
+    assert "threat: norm: linf|l2 = 'linf', eps: float = 8/255" in out  # one threat model for all attacks
 
 
 @pytest.fixture
@@ -269,3 +271,37 @@ def test_eval_overrides_the_threat_model_and_refuses_fields_the_attack_lacks(fin
     assert data["threat"] == {"norm": "l2", "eps": 0.5} and data["attack"]["steps"] == cfg.eval.attack.steps
     assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--attack", "fgsm", "--steps", "5"]) == 2
     assert "unknown key(s) ['steps']" in capsys.readouterr().err
+
+
+def test_version_and_a_recipe_after_set(recipe, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"roli {roli.__version__}"
+    # argparse would hand the recipe to --set; it must still run it, with the override applied
+    assert main(["run", "--set", "train.epochs=1", str(recipe), "--out", str(tmp_path / "o")]) == 0
+    res = json.loads(next((tmp_path / "o").glob("*/results.json")).read_text())
+    assert res["config"]["train"]["epochs"] == 1 and len(res["history"]) == 1
+
+
+def test_eval_prints_a_summary_line(finished_run, tmp_path, capsys):
+    run_dir, _, _ = finished_run
+    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--limit", "8", "--output",
+                 str(tmp_path / "e.json")]) == 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("best.pt on synthetic test (n=8), linf eps 0.1: clean ") and "pgd " in last
+
+
+def test_eps_str():
+    from roli.config import eps_str
+
+    assert (eps_str(8 / 255), eps_str(0.1), eps_str(2 / 255), eps_str(0.0)) == ("8/255", "0.1", "2/255", "0")
+
+
+def test_help_is_fast():
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "roli", "--help"], check=True, capture_output=True)
+    assert time.perf_counter() - t0 < 3.0  # lazy imports: no torch/timm for --help (<1 s on an idle machine)

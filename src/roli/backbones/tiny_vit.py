@@ -2,6 +2,7 @@
 
 Built on timm's own class so every PEFT method that works on ViT-B works here unchanged. The `_fmnist_*`
 variants load the checkpoints shipped with roli, produced by recipes/tiny/pretrain_fmnist_{robust,standard}.yaml.
+The same names are registered in timm's own registry by roli.backbones.timm_models.
 """
 
 from __future__ import annotations
@@ -14,19 +15,17 @@ from roli.backbones.factory import BACKBONES, drop_kwargs
 from roli.config import BackboneConfig
 
 FMNIST = {"mean": (0.2860,), "std": (0.3530,)}  # Fashion-MNIST pixel statistics
+ARCH = {"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0}
 
 
 def _tiny_vit(cfg: BackboneConfig, num_classes: int | None):
-    net = VisionTransformer(
-        img_size=28, patch_size=7, in_chans=1, num_classes=10 if num_classes is None else num_classes,
-        embed_dim=128, depth=4, num_heads=4, mlp_ratio=4.0,
-        **drop_kwargs(cfg),
-    )
+    net = VisionTransformer(**ARCH, num_classes=10 if num_classes is None else num_classes, **drop_kwargs(cfg))
     net.pretrained_cfg = {"classifier": "head", "input_size": (1, 28, 28), **FMNIST}
     return net
 
 
-def _shipped(name: str) -> str:
+def shipped(name: str) -> str:
+    """The path of a backbone checkpoint shipped inside the package."""
     return str(resources.files("roli") / "checkpoints" / f"{name}.pt")
 
 
@@ -38,10 +37,11 @@ def vit_tiny_28(cfg: BackboneConfig, num_classes: int | None):
 @BACKBONES.register("vit_tiny_28_fmnist_robust")
 def vit_tiny_28_fmnist_robust(cfg: BackboneConfig, num_classes: int | None):
     """PGD-AT on Fashion-MNIST (eps 0.1): the embedded robust backbone."""
-    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": _shipped("vit_tiny_28_fmnist_robust")}
+    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": shipped("vit_tiny_28_fmnist_robust")}
 
 
 @BACKBONES.register("vit_tiny_28_fmnist_standard")
 def vit_tiny_28_fmnist_standard(cfg: BackboneConfig, num_classes: int | None):
     """Standard (non-adversarial) training on Fashion-MNIST: the non-robust baseline."""
-    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": _shipped("vit_tiny_28_fmnist_standard")}
+    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": shipped("vit_tiny_28_fmnist_standard")}
+

@@ -10,7 +10,16 @@ import sys
 import typing
 from pathlib import Path
 
+from roli.version import __version__
+
 log = logging.getLogger("roli")
+
+
+def _recipes_after_set(a: argparse.Namespace) -> None:
+    """`roli run --set train.epochs=3 recipe.yaml`: argparse hands the recipe to --set; give it back."""
+    moved = [s for s in a.set if "=" not in s]
+    a.set = [s for s in a.set if "=" in s]
+    a.recipes = [*a.recipes, *moved]
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -18,6 +27,7 @@ def _run(a: argparse.Namespace) -> int:
     from roli.evaluation.report import write_report
     from roli.training.pipeline import run
 
+    _recipes_after_set(a)
     if a.resume:
         if a.recipes:
             raise SystemExit("roli run: give either recipes or --resume DIR, not both")
@@ -51,6 +61,7 @@ def _eval(a: argparse.Namespace) -> int:
                                  device=a.device)
     text = json.dumps(result, indent=2)
     print(text)
+    print(summary_line(result), file=sys.stderr)  # stdout stays pure JSON (pipe it to jq)
     suffix = f"-{a.suite}" if a.suite else ""
     out = Path(a.output) if a.output else Path(a.checkpoint).with_name(
         f"eval-{result['data']['name']}-{a.split}{suffix}.json")
@@ -61,6 +72,18 @@ def _eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def summary_line(result: dict) -> str:
+    """One line a person reads after the JSON: what was attacked, how, and the accuracies."""
+    from roli.config import eps_str
+
+    threat = result.get("threat") or {}
+    accs = ", ".join(f"{name} {r['acc']:.2f}%" for name, r in result["results"].items())
+    data = result["data"]
+    return (f"{Path(result['checkpoint']).name} on {data['name']} {data['split']} (n={data.get(data['split'] + '_size', '?')}),"
+            f" {threat.get('norm', '?')} eps {eps_str(threat['eps']) if 'eps' in threat else '?'}: {accs}"
+            f" [{result.get('device', '?')}, {result.get('seconds', 0):.0f} s]")
+
+
 def _type_name(tp) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return "|".join(map(str, typing.get_args(tp)))
@@ -69,7 +92,12 @@ def _type_name(tp) -> str:
 
 def _fields(cls) -> str:
     hints = typing.get_type_hints(cls)
-    return ", ".join(f"{f.name}: {_type_name(hints[f.name])} = {f.default!r}"
+    from roli.config import eps_str
+
+    def shown(v):  # 8/255 rather than 0.03137...
+        return eps_str(v) if isinstance(v, float) and eps_str(v).endswith("/255") else repr(v)
+
+    return ", ".join(f"{f.name}: {_type_name(hints[f.name])} = {shown(f.default)}"
                      for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING and f.name != "name")
 
 
@@ -142,6 +170,7 @@ def _export(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="roli", description=__doc__.split("\n")[0] + " See README.md.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"roli {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train (RanLI, or both RoLI stages) and test one or more recipes")
