@@ -103,12 +103,11 @@ def test_test_scores_and_attack_settings(finished_run):
 def test_run_folder_files(finished_run):
     run_dir, res, cfg = finished_run
     assert Path(res["run_dir"]) == run_dir and run_dir.name == "shared"
-    for f in ("best.pt", "checkpoint.pt", "config.yaml", "results.json"):
+    for f in ("best.pt", "config.yaml", "results.json", "train.log"):
         assert (run_dir / f).is_file(), f
+    assert not (run_dir / "checkpoint.pt").exists()  # the resume state goes once results.json says complete
+    assert not cfg.run.keep_resume_state
     assert load_config(run_dir / "config.yaml") == cfg
-    ckpt = read_checkpoint(run_dir / "checkpoint.pt")
-    assert ckpt["epoch"] == cfg.train.epochs
-    assert ckpt["history"] == res["history"]
     assert not list(run_dir.glob(".*.tmp")) and not list(run_dir.glob("*.tmp"))  # atomic writes leave no temp files
 
 
@@ -152,16 +151,19 @@ def test_selection_keeps_the_first_best_epoch_weights(fast_cfg, tmp_path, monkey
 # --------------------------------------------------------------------------- resume
 
 
-def test_checkpoint_pt_loads_with_roli_loader(finished_run):
-    run_dir, _, cfg = finished_run
-    assert load_file(run_dir / "checkpoint.pt")["epoch"] == cfg.train.epochs
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(fast_cfg, tmp_path_factory):
-    cfg = fast_cfg(["train.epochs=3"])
+    cfg = fast_cfg(["train.epochs=3", "run.keep_resume_state=true"])  # kept, to compare it with a resumed run's
     out = tmp_path_factory.mktemp("uninterrupted")
     return cfg, run(cfg, out=out, name="r"), out / "r"
+
+
+def test_checkpoint_pt_is_kept_with_keep_resume_state(uninterrupted):
+    cfg, res, run_dir = uninterrupted
+    ckpt = read_checkpoint(run_dir / "checkpoint.pt")
+    assert ckpt["epoch"] == cfg.train.epochs
+    assert ckpt["history"] == res["history"]
+    assert "lean" not in ckpt  # a random-init backbone: nothing could rebuild a frozen part, the whole model
 
 
 def _interrupt_in_epoch_2(cfg, out: Path, monkeypatch) -> Path:
@@ -224,6 +226,43 @@ def test_resume_state_is_bit_identical_when_the_checkpoint_can_be_read(uninterru
     run_dir = _interrupt_in_epoch_2(cfg, tmp_path, monkeypatch)
     resumed = run(cfg, resume=run_dir)
     _assert_same_run(full, full_dir, resumed, run_dir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_lean(fast_cfg, tmp_path_factory):
+    """LoRA on a backbone FILE: best.pt and checkpoint.pt hold only the trained state."""
+    import shutil
+
+    out = tmp_path_factory.mktemp("uninterrupted_lean")
+    bb = out / "backbone.pt"
+    shutil.copy(Path(trainer.__file__).parents[1] / "checkpoints" / "vit_tiny_28_fmnist_robust.pt", bb)
+    cfg = fast_cfg(["train.epochs=3", "run.keep_resume_state=true", "transfer.name=lora",
+                    f"backbone.checkpoint={bb}"])
+    return cfg, run(cfg, out=out, name="r"), out / "r", bb
+
+
+def test_resume_of_a_lean_run_is_bit_identical(uninterrupted_lean, tmp_path, monkeypatch):
+    cfg, full, full_dir, _ = uninterrupted_lean
+    run_dir = _interrupt_in_epoch_2(cfg, tmp_path, monkeypatch)
+    state = read_checkpoint(run_dir / "checkpoint.pt")
+    assert state["lean"] and not any("base_layer" in k for k in state["model"])  # no frozen backbone tensor
+    resumed = run(cfg, resume=run_dir)
+    _assert_same_run(full, full_dir, resumed, run_dir)
+
+
+def test_resume_of_a_lean_run_refuses_a_changed_backbone_file(uninterrupted_lean, tmp_path, monkeypatch):
+    cfg, _, _, bb = uninterrupted_lean
+    import dataclasses
+
+    own = tmp_path / "backbone.pt"
+    own.write_bytes(bb.read_bytes())
+    cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, checkpoint=str(own)))
+    run_dir = _interrupt_in_epoch_2(cfg, tmp_path / "out", monkeypatch)
+    weights = load_file(own)
+    weights["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in weights["model"].items()}
+    torch.save(weights, own)  # same path, other weights
+    with pytest.raises(CheckpointError, match="trained on the backbone"):
+        run(cfg, resume=run_dir)
 
 
 def test_resume_needs_a_run_folder(fast_cfg, tmp_path):

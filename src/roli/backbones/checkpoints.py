@@ -39,6 +39,10 @@ def load_file(path: str | Path) -> Any:
 def extract_state_dict(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
     """The backbone weights inside a roli checkpoint, a `{'model'|'state_dict': ...}` wrapper or a plain state dict."""
     if isinstance(obj, dict) and obj.get("format") == "roli":
+        if obj.get("lean"):
+            raise CheckpointError(
+                f"{path} is a lean roli checkpoint: it holds only the tensors its run trained, on top of the backbone "
+                f"{obj['backbone']['file']}; make a standalone copy with `roli export RUN_DIR OUT.pt` and use that")
         return {k[len("net.") :]: v for k, v in obj["model"].items() if k.startswith("net.")}
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

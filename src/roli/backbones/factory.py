@@ -68,6 +68,7 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weight
     loaded = None
     if checkpoint:
         loaded = load_checkpoint(net, checkpoint, head, cfg.format, cfg.key_map, known.sha256 if known else None)
+        loaded["source"] = "config" if cfg.checkpoint else "package"  # the user's file, or one shipped with roli
     # Normalisation: the recipe's, else the file's own (MadryLab), else the known table's, else the architecture's.
     if cfg.mean is not None:
         mean, std, norm_from = cfg.mean, cfg.std, "config"

@@ -58,7 +58,7 @@ def _eval(a: argparse.Namespace) -> int:
     result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
                                  norm=a.norm, steps=a.steps, step_size=number(a.step_size), limit=a.limit,
                                  data_root=a.data_root, suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state,
-                                 device=a.device)
+                                 device=a.device, backbone=a.backbone)
     text = json.dumps(result, indent=2)
     print(text)
     print(summary_line(result), file=sys.stderr)  # stdout stays pure JSON (pipe it to jq)
@@ -159,10 +159,17 @@ def _report(a: argparse.Namespace) -> int:
 
 def _export(a: argparse.Namespace) -> int:
     from roli.backbones.checkpoints import load_file, save_new
+    from roli.evaluation.checkpoint import load_model
 
-    ckpt = load_file(Path(a.run_dir) / "best.pt")
+    best = Path(a.run_dir) / "best.pt"
+    ckpt = load_file(best)
+    if Path(a.output).exists():  # before rebuilding a lean model, which takes a while for ViT-B/Swin-B
+        raise FileExistsError(f"{a.output} exists; roli does not overwrite it. Choose another path or remove it.")
+    if ckpt.get("lean"):  # only what trained: rebuild the whole model from the backbone file (hash checked)
+        model, _ = load_model(str(best), backbone=a.backbone)
+        ckpt = {**ckpt, "model": {k: v.cpu() for k, v in model.state_dict().items()}}
     keep = {k: ckpt[k] for k in ("format", "model", "config", "classifier", "num_classes", "epoch", "val")}
-    save_new(keep, a.output)
+    save_new(keep, a.output)  # standalone: needs no backbone file
     print(f"exported {a.run_dir}/best.pt (epoch {ckpt['epoch']}) -> {a.output}")
     return 0
 
@@ -182,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a roli checkpoint (rebuilt without its recipe)")
     e.add_argument("--checkpoint", required=True, help="best.pt of a run")
+    e.add_argument("--backbone", metavar="PATH", help="the backbone weights file of a lean best.pt, if it has moved "
+                                                      "(its SHA-256 must match the one recorded)")
     e.add_argument("--data", help="dataset name (default: the run's)")
     e.add_argument("--data-root", help="dataset folder (default: the run's)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -217,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="folder for the report (default: the first DIR)")
     rep.set_defaults(func=_report)
 
-    x = sub.add_parser("export", help="save a run's best weights as a standalone backbone checkpoint")
+    x = sub.add_parser("export", help="save a run's best weights as a standalone checkpoint (the whole model)")
     x.add_argument("run_dir")
     x.add_argument("output")
+    x.add_argument("--backbone", metavar="PATH", help="the backbone weights file of a lean best.pt, if it has moved "
+                                                      "(its SHA-256 must match the one recorded)")
     x.set_defaults(func=_export)
     return p
 

@@ -29,6 +29,7 @@ from roli.evaluation.accuracy import evaluate
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
+from roli.transfer.state import load_trained_state
 from roli.version import versions
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
+        done = read_results(run_dir)
+        if done and done.get("status") == "complete":  # its resume state is gone (unless run.keep_resume_state)
+            log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
+            return {**done, "run_dir": str(run_dir)}  # the folder as found now (it may have been moved)
         out = run_dir.parent
     else:
         run_dir = None
@@ -167,7 +172,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         _write_results(run_dir, {**results, "status": "failed", "error": str(e)})
         raise
     best = load_file(run_dir / "best.pt")
-    model.load_state_dict(best["model"])
+    load_trained_state(model, best["model"], run_dir / "best.pt")  # lean: on top of the same frozen backbone
     test_attack = cfg.eval.attack
     test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
                     {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
@@ -179,6 +184,8 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         seconds=round(time.perf_counter() - t0, 1),
     )
     _write_results(run_dir, results)
+    if not cfg.run.keep_resume_state:  # only now that results.json says complete: a kill before this resumes
+        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     log.info("%s: test clean %.2f%%, %s %.2f%% (epoch %d) -> %s", run_dir.name, results["test"]["clean"],
              test_attack.name, results["test"]["pgd"], results["selected_epoch"], run_dir)
     return results

@@ -1,5 +1,8 @@
 """fit(): epochs of (adversarial) training with per-epoch validation, best-robust selection, atomic
-checkpoints and bit-exact resume (model, optimiser, schedule, RNG states; data order depends on seed+epoch)."""
+checkpoints and bit-exact resume (model, optimiser, schedule, RNG states; data order depends on seed+epoch).
+
+best.pt and checkpoint.pt store only the trained state when the frozen rest of the model comes from a backbone
+file (roli.transfer.state); `run.standalone_best: true` makes best.pt hold the whole model."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from roli.data.base import Splits, make_loader
 from roli.evaluation.accuracy import evaluate
 from roli.training.loop import NonFiniteLoss, train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler
+from roli.transfer.state import check_backbone, load_trained_state, model_payload
 
 log = logging.getLogger(__name__)
 SELECT_KEY = {"robust": "val_robust", "clean": "val_clean", "last": "epoch"}
@@ -58,10 +62,29 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list | tuple) else x
 
 
-def model_checkpoint(model: Classifier, cfg: Config, extra: dict) -> dict:
-    """What `roli eval` needs to rebuild the model without the recipe."""
-    return {"format": "roli", "model": model.state_dict(), "config": to_dict(cfg),
+def model_checkpoint(model: Classifier, cfg: Config, extra: dict, standalone: bool | None = None) -> dict:
+    """best.pt: what `roli eval` needs to rebuild the model without the recipe. Lean (only the trained state, plus
+    the backbone file's path and SHA-256; see roli.transfer.state) when part of the backbone is frozen and came from
+    a file, unless `standalone` (default: `run.standalone_best`): then the whole model."""
+    standalone = cfg.run.standalone_best if standalone is None else standalone
+    return {"format": "roli", **model_payload(model, lean=not standalone), "config": to_dict(cfg),
             "classifier": model.net.roli_classifier, "num_classes": model.head.out_features, **extra}
+
+
+def resume_state(model: Classifier, optimizer, scheduler, epoch: int, history: list[dict], best: dict,
+                 lean: bool = True) -> dict:
+    """checkpoint.pt: the trained state (the frozen backbone is rebuilt from its file on resume), optimiser,
+    schedule, RNG states and the history so far."""
+    return {**model_payload(model, lean=lean), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch, "history": history,
+            "best": best}
+
+
+def load_resume_state(model: Classifier, state: dict, path: Path) -> None:
+    """The model part of checkpoint.pt, on top of the model the run rebuilt (same backbone file, checked)."""
+    if state.get("lean"):
+        check_backbone(model, state["backbone"], path)
+    load_trained_state(model, state["model"], path)
 
 
 @dataclass
@@ -84,7 +107,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
     start = 0
     if resume and ckpt_path.exists():
         state = load_file(ckpt_path)
-        model.load_state_dict(state["model"])
+        load_resume_state(model, state, ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
@@ -114,7 +137,5 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         if not best or row[key] > best[key]:  # strictly greater: the first maximum wins
             best = dict(row)
             atomic_save(model_checkpoint(model, cfg, {"epoch": epoch + 1, "val": row}), best_path)
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                     "history": history, "best": best}, ckpt_path)
+        atomic_save(resume_state(model, optimizer, scheduler, epoch + 1, history, best), ckpt_path)
     return FitResult(history, best)

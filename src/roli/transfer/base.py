@@ -28,7 +28,9 @@ class TransferMethod:
         self.check(model.net)
         for p in model.parameters():
             p.requires_grad_(False)
+        before = set(model.modules())
         self.inject(model.net)
+        mark_injected(model, before)  # their whole state is the method's (stored in lean checkpoints)
         for p in self.trainable(model.net):
             p.requires_grad_(True)
         for p in model.head.parameters():  # the head trains in every method
@@ -45,6 +47,13 @@ class TransferMethod:
     def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
         """Backbone parameters this method trains, besides the head."""
         return ()
+
+
+def mark_injected(model: nn.Module, before: set[nn.Module]) -> None:
+    """Tag the modules a transfer method added (not in `before`): their whole state belongs to the method."""
+    for m in model.modules():
+        if m not in before:
+            m.roli_injected = True  # type: ignore[attr-defined]
 
 
 def set_train_mode(model: nn.Module, training: bool = True) -> None:
