@@ -34,6 +34,10 @@ def load_model(path: str, device: torch.device | str = "cpu",
     if not (isinstance(ckpt, dict) and ckpt.get("format") == "roli"):
         raise CheckpointError(f"{path} is not a roli checkpoint (expected best.pt of a run or a `roli export` file)")
     cfg = from_dict(Config, upgrade(ckpt["config"]), "checkpoint config")  # upgrade: roli 0.1 files still load
+    if cfg.backbone.name.startswith("custom:"):
+        raise CheckpointError(f"{path} holds a model given from Python ({cfg.backbone.name}); roli cannot rebuild "
+                              "it: build the module again, load_state_dict(torch.load(path)['model']) into "
+                              "roli.backbones.custom.from_module(module, ...) and call roli.evaluate")
     if ckpt.get("lean"):
         model = _lean_backbone(ckpt, cfg, path, backbone)
         model = build_transfer(cfg.transfer).apply(model)

@@ -7,16 +7,21 @@ evaluation, seed and stage-1 training settings is reused (its `stage1_key` in re
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from roli.attacks import build_attack
 from roli.backbones import build_model
@@ -24,7 +29,9 @@ from roli.backbones.checkpoints import load_file
 from roli.backbones.convert import sha256sum
 from roli.config import BackboneConfig, Config, TransferConfig, config_hash, dump_config, to_dict
 from roli.device import deterministic, device_name, pick_device
-from roli.data import build_data, make_loader
+from roli.backbones.custom import from_module, module_digest
+from roli.data import DataError, Splits, build_data, make_loader
+from roli.data.custom import from_datasets
 from roli.evaluation.accuracy import evaluate
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
@@ -45,13 +52,51 @@ def stage1_config(cfg: Config) -> Config:
     return dataclasses.replace(cfg, transfer=lp, train=cfg.stage1, stage1=cfg.stage1)
 
 
-def stage1_key(cfg: Config) -> str | None:
+def stage1_key(cfg: Config, custom: Custom | None = None) -> str | None:
     """Cache key of a linear-probe RanLI run: exactly the settings that determine its head."""
     if cfg.transfer.name != "linear_probe" or cfg.transfer.init != "ranli":
         return None
     # The backbone file's content hash, not only its path: a replaced file must not reuse a stale head.
     return config_hash(cfg.backbone, backbone_file_hash(cfg.backbone), cfg.data, cfg.threat, cfg.attack, cfg.eval,
-                       cfg.train, cfg.run.seed, cfg.transfer.head_init)
+                       cfg.train, cfg.run.seed, cfg.transfer.head_init, *(custom.identity() if custom else ()))
+
+
+@dataclass(frozen=True)
+class Custom:
+    """A model and/or data given from Python instead of by name (roli.run(cfg, model=..., data=...))."""
+
+    module: nn.Module | None
+    splits: Splits | None
+
+    @staticmethod
+    def make(cfg: Config, model: nn.Module | None, data) -> Custom | None:
+        if model is None and data is None:
+            return None
+        if data is not None and not isinstance(data, Splits):
+            if len(data) != 3:
+                raise DataError("data= takes roli Splits or three Datasets (train, val, test)")
+            data = from_datasets(*data, config=cfg.data)
+        return Custom(copy.deepcopy(model) if model is not None else None, data)
+
+    def config(self, cfg: Config) -> Config:
+        """The recorded config names what was given (config.yaml cannot rebuild a Python object)."""
+        bb = dataclasses.replace(cfg.backbone, name=f"custom:{type(self.module).__name__}", checkpoint=None) \
+            if self.module is not None else cfg.backbone
+        data = dataclasses.replace(cfg.data, name="custom") if self.splits is not None else cfg.data
+        return dataclasses.replace(cfg, backbone=bb, data=data)
+
+    def identity(self) -> tuple[str, ...]:
+        """What the stage-1 cache key adds: the module's weights and the data's membership and labels."""
+        out = []
+        if self.module is not None:
+            out.append(module_digest(self.module))
+        if self.splits is not None:
+            out.append(json.dumps({k: v for k, v in self.splits.info.items() if k.endswith(("_hash", "_size"))},
+                                  sort_keys=True))
+        return tuple(out)
+
+    def kwargs(self) -> dict:
+        return {"model": self.module, "data": self.splits}
 
 
 def backbone_file_hash(backbone: BackboneConfig) -> str | None:
@@ -92,9 +137,9 @@ def _write_results(run_dir: Path, results: dict) -> None:
     os.replace(tmp, run_dir / "results.json")
 
 
-def ensure_stage1(cfg: Config, out: Path) -> tuple[Path, dict]:
+def ensure_stage1(cfg: Config, out: Path, custom: Custom | None = None) -> tuple[Path, dict]:
     s1 = stage1_config(cfg)
-    key = stage1_key(s1)
+    key = stage1_key(s1, custom)
     found = find_stage1(out, key)
     if found is not None:
         log.info("RoLI stage 1: reusing %s (key %s)", found, key)
@@ -102,14 +147,22 @@ def ensure_stage1(cfg: Config, out: Path) -> tuple[Path, dict]:
     pending = out / f"stage1-{key[:10]}"
     if pending.exists():
         log.info("RoLI stage 1: resuming %s", pending)
-        return pending, run(s1, out, resume=pending)
+        return pending, run(s1, out, resume=pending, **(custom.kwargs() if custom else {}))
     log.info("RoLI stage 1: adversarial linear probing (key %s)", key)
-    return pending, run(s1, out, name=pending.name)
+    return pending, run(s1, out, name=pending.name, **(custom.kwargs() if custom else {}))
 
 
 def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: str | Path | None = None,
-        recipe: str | None = None) -> dict:
-    """Run one recipe end to end (both RoLI stages if `transfer.init: roli`); returns results.json's dict."""
+        recipe: str | None = None, model: nn.Module | None = None, data: Splits | Sequence[Dataset] | None = None
+        ) -> dict:
+    """Run one recipe end to end (both RoLI stages if `transfer.init: roli`); returns results.json's dict.
+
+    `model` (any nn.Module from [0,1] images to logits or features, see roli.backbones.custom) replaces
+    `backbone`; `data` (roli Splits, or (train, val, test) map-style Datasets, see roli.data.custom) replaces
+    `data.name`. Both are copied, never changed; the run folder is the same as for a recipe.
+    """
+    custom = Custom.make(cfg, model, data)
+    cfg = custom.config(cfg) if custom else cfg
     out = Path(out)
     t0 = time.perf_counter()
     if resume is not None:
@@ -125,7 +178,7 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         run_dir = None
     stage1 = None
     if cfg.transfer.init == "roli":
-        s1_dir, s1_res = ensure_stage1(cfg, out)
+        s1_dir, s1_res = ensure_stage1(cfg, out, custom)
         stage1 = {"run_dir": str(s1_dir), "checkpoint": str(s1_dir / "best.pt"), "key": s1_res["stage1_key"],
                   "selected_epoch": s1_res["selected_epoch"], "val": s1_res["best_val"], "test": s1_res["test"]}
     if run_dir is None:
@@ -137,19 +190,22 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     logging.getLogger("roli").addHandler(handler)
     try:
         with deterministic(cfg.run.deterministic):  # scoped: a sweep's next cell starts from the default again
-            return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
+            return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0, custom)
     finally:
         logging.getLogger("roli").removeHandler(handler)
         handler.close()
 
 
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
-                    t0: float) -> dict:
+                    t0: float, custom: Custom | None = None) -> dict:
     device = pick_device(cfg.run.device)
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
     seed_everything(cfg.run.seed)
-    splits = build_data(cfg.data)
-    model = build_model(cfg.backbone, splits.num_classes)
+    splits = custom.splits if custom and custom.splits else build_data(cfg.data)
+    if custom and custom.module is not None:
+        model = from_module(copy.deepcopy(custom.module), splits.num_classes, example=splits.train[0][0][None])
+    else:
+        model = build_model(cfg.backbone, splits.num_classes)
     backbone_report = model.roli_load_report  # what was loaded and mapped, and the normalisation used
     init_ranli(model, cfg.transfer)
     if stage1 is not None:
@@ -161,7 +217,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(cfg), "seed": cfg.run.seed, "versions": versions(), "device": device_name(device),
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
-        "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg), "stage1": stage1,
+        "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg, custom), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
         "backbone": backbone_report,
     }
