@@ -158,19 +158,21 @@ def _report(a: argparse.Namespace) -> int:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from roli.backbones.checkpoints import load_file, save_new
+    import json as _json
+
+    from roli.backbones.checkpoints import load_file
     from roli.evaluation.checkpoint import load_model
+    from roli.transfer.export import export
 
     best = Path(a.run_dir) / "best.pt"
-    ckpt = load_file(best)
     if Path(a.output).exists():  # before rebuilding a lean model, which takes a while for ViT-B/Swin-B
         raise FileExistsError(f"{a.output} exists; roli does not overwrite it. Choose another path or remove it.")
-    if ckpt.get("lean"):  # only what trained: rebuild the whole model from the backbone file (hash checked)
-        model, _ = load_model(str(best), backbone=a.backbone)
-        ckpt = {**ckpt, "model": {k: v.cpu() for k, v in model.state_dict().items()}}
-    keep = {k: ckpt[k] for k in ("format", "model", "config", "classifier", "num_classes", "epoch", "val")}
-    save_new(keep, a.output)  # standalone: needs no backbone file
-    print(f"exported {a.run_dir}/best.pt (epoch {ckpt['epoch']}) -> {a.output}")
+    model, cfg = load_model(str(best), backbone=a.backbone)  # lean: rebuilt from the backbone file (hash checked)
+    results = Path(a.run_dir) / "results.json"
+    paths = export(model, cfg, load_file(best), a.output, a.format,
+                   _json.loads(results.read_text()) if results.is_file() else None)
+    epoch = load_file(best).get("epoch")
+    print(f"exported {best} (epoch {epoch}) as {a.format} -> {', '.join(map(str, paths))}")
     return 0
 
 
@@ -226,9 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="folder for the report (default: the first DIR)")
     rep.set_defaults(func=_report)
 
-    x = sub.add_parser("export", help="save a run's best weights as a standalone checkpoint (the whole model)")
+    x = sub.add_parser("export", help="save a run's best weights as a standalone file others can load (+ OUT.json)")
     x.add_argument("run_dir")
     x.add_argument("output")
+    x.add_argument("--format", choices=["roli", "timm", "safetensors"], default="roli",
+                   help="roli: roli's checkpoint (default); timm: timm's state dict, LoRA merged, for "
+                        "timm.create_model(arch, num_classes=C, checkpoint_path=OUT); safetensors: the whole model")
     x.add_argument("--backbone", metavar="PATH", help="the backbone weights file of a lean best.pt, if it has moved "
                                                       "(its SHA-256 must match the one recorded)")
     x.set_defaults(func=_export)
