@@ -230,6 +230,7 @@ class RunSettings:
     # SHA-256); `standalone_best: true` stores the whole model instead (e.g. to move it without the backbone file).
     standalone_best: bool = False
     keep_resume_state: bool = False  # keep checkpoint.pt (optimizer, RNG) after the run completes
+    tensorboard: bool = False  # also log per-epoch scalars to run_dir/tensorboard (needs the tensorboard package)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,6 +22,7 @@ from roli.data.base import Splits, make_loader
 from roli.evaluation.accuracy import evaluate
 from roli.training.loop import NonFiniteLoss, train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler
+from roli.training.tracking import TensorBoard, write_metrics_csv
 from roli.transfer.state import check_backbone, load_trained_state, model_payload
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         history, best, start = state["history"], state["best"], state["epoch"]
         log.info("resuming %s after epoch %d", run_dir, start)
     key = SELECT_KEY[cfg.eval.select]
+    board = TensorBoard(run_dir) if cfg.run.tensorboard else None
     for epoch in range(start, train_cfg.epochs):
         # The data order depends only on (seed, epoch), so a resumed run sees the same batches.
         loader = make_loader(splits.train, cfg.data.batch_size, shuffle=True, seed=seed * 1000 + epoch,
@@ -131,6 +133,9 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}
         history.append(row)
+        write_metrics_csv(history, run_dir)
+        if board is not None:
+            board.log(row)
         log.info("epoch %d/%d: loss %.4f, train acc %.2f, val clean %.2f, val PGD %.2f (%.0f img/s)", epoch + 1,
                  train_cfg.epochs, row["train_loss"], row["train_acc"], row["val_clean"], row["val_robust"],
                  row["train_images_per_s"])
@@ -138,4 +143,6 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
             best = dict(row)
             atomic_save(model_checkpoint(model, cfg, {"epoch": epoch + 1, "val": row}), best_path)
         atomic_save(resume_state(model, optimizer, scheduler, epoch + 1, history, best), ckpt_path)
+    if board is not None:
+        board.close()
     return FitResult(history, best)
