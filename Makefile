@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.roli-installed
 
-.PHONY: demo test test-all setup lint clean-venv
+.PHONY: demo demo-full test test-all setup lint bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,27 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The embedded default: robust tiny ViT (Fashion-MNIST PGD-AT) -> MNIST; six methods x {RanLI, RoLI} (VPT RanLI only,
-# as in the paper). The linear probe runs first: it is also the RoLI stage 1 that every *_roli recipe reuses.
+# The embedded default (`make demo`, ~10 min on 2 CPU cores): the shipped robust tiny ViT (Fashion-MNIST PGD-AT) ->
+# MNIST: linear probing (also the RoLI stage 1 every *_roli recipe reuses), full finetuning RanLI vs RoLI and LoRA
+# RanLI vs RoLI, then AutoAttack (APGD-CE + APGD-T) on a fixed class-balanced subset of 200 test digits for the two
+# full-finetuning models, then the report. `make demo-full`: all six methods x {RanLI, RoLI} (VPT RanLI only).
 DEMO_RECIPES := $(addprefix recipes/tiny/mnist_,linear_ranli.yaml full_ranli.yaml full_roli.yaml lora_ranli.yaml \
-	lora_roli.yaml adapter_ranli.yaml adapter_roli.yaml bitfit_ranli.yaml bitfit_roli.yaml vpt_deep_ranli.yaml)
+	lora_roli.yaml)
+DEMO_FULL_RECIPES := $(DEMO_RECIPES) $(addprefix recipes/tiny/mnist_,adapter_ranli.yaml adapter_roli.yaml \
+	bitfit_ranli.yaml bitfit_roli.yaml vpt_deep_ranli.yaml)
+DEMO_AA := --suite full --limit 200 --aa version=custom 'attacks=[apgd-ce,apgd-t]'
 DEMO_OUT ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 demo: $(STAMP)
 	$(VENV)/bin/roli run $(DEMO_RECIPES) --out $(DEMO_OUT)
+	$(VENV)/bin/roli eval --checkpoint $(DEMO_OUT)/mnist_full_ranli/best.pt $(DEMO_AA) > /dev/null
+	$(VENV)/bin/roli eval --checkpoint $(DEMO_OUT)/mnist_full_roli/best.pt $(DEMO_AA) > /dev/null
+	$(VENV)/bin/roli report $(DEMO_OUT) > /dev/null
+	@cat $(DEMO_OUT)/report.md
+	@echo "demo report: $(DEMO_OUT)/report.md and report.html (runs, results.json and checkpoints in $(DEMO_OUT)/)"
+
+demo-full: $(STAMP)
+	$(VENV)/bin/roli run $(DEMO_FULL_RECIPES) --out $(DEMO_OUT)
 	@echo "demo report: $(DEMO_OUT)/report.md (runs, results.json and checkpoints in $(DEMO_OUT)/)"
 
 test: $(STAMP)
@@ -41,3 +54,6 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --quick
