@@ -231,6 +231,7 @@ class RunSettings:
     standalone_best: bool = False
     keep_resume_state: bool = False  # keep checkpoint.pt (optimizer, RNG) after the run completes
     tensorboard: bool = False  # also log per-epoch scalars to run_dir/tensorboard (needs the tensorboard package)
+    sync_bn: bool = False  # under torchrun: trainable BatchNorm layers as SyncBatchNorm (statistics over all ranks)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,6 +13,15 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
+def _draw(x: torch.Tensor, shard, fill) -> torch.Tensor:
+    """Random numbers shaped like x; with a shard (start, size), drawn for the whole global batch of `size` rows and
+    sliced, so that every rank of a data-parallel job draws what a single process would."""
+    if shard is None:
+        return fill(torch.empty_like(x))
+    full = fill(torch.empty((shard.size, *x.shape[1:]), dtype=x.dtype, device=x.device))
+    return full[shard.start:shard.start + len(x)]
+
+
 class Ball:
     """An eps-ball intersected with the [0,1] box."""
 
@@ -25,7 +34,7 @@ class Ball:
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
         raise NotImplementedError
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+    def random_init(self, x: torch.Tensor, shard=None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -37,8 +46,9 @@ class LinfBall(Ball):
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
         return x_adv + step_size * grad.sign()
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
-        return (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
+    def random_init(self, x: torch.Tensor, shard=None) -> torch.Tensor:
+        noise = _draw(x, shard, lambda t: t.uniform_(-self.eps, self.eps))
+        return (x + noise).clamp_(0, 1)
 
 
 @BALLS.register("l2")
@@ -51,10 +61,11 @@ class L2Ball(Ball):
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
         return x_adv + step_size * grad / _flat_norm(grad)
 
-    def random_init(self, x: torch.Tensor) -> torch.Tensor:
+    def random_init(self, x: torch.Tensor, shard=None) -> torch.Tensor:
         # Uniform direction, radius uniform in [0, eps]: a simple, common choice for L2 random starts.
-        noise = torch.randn_like(x)
-        radius = torch.rand(x.shape[0], device=x.device).view(-1, *([1] * (x.dim() - 1))) * self.eps
+        noise = _draw(x, shard, lambda t: t.normal_())
+        radius = _draw(x[:, :1, :1, :1] if x.dim() == 4 else x[:, :1], shard, lambda t: t.uniform_(0, 1))
+        radius = radius.reshape(-1, *([1] * (x.dim() - 1))) * self.eps
         return self.project(x + noise / _flat_norm(noise) * radius, x)
 
 

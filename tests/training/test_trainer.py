@@ -283,10 +283,10 @@ def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(fast_cfg, tmp_path
     def nan_cross_entropy(logits, y, *args, **kwargs):
         return F.cross_entropy(logits, y, *args, **kwargs) * float("nan")
 
-    def nan_from_epoch_2(model, loader, optimizer, scheduler, attack, train_cfg, epoch):
+    def nan_from_epoch_2(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kw):
         if epoch == 1:  # 0-based: the second epoch's training loss is NaN
             monkeypatch.setattr(loop, "F", types.SimpleNamespace(cross_entropy=nan_cross_entropy))
-        return real_epoch(model, loader, optimizer, scheduler, attack, train_cfg, epoch)
+        return real_epoch(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kw)
 
     monkeypatch.setattr(trainer, "train_one_epoch", nan_from_epoch_2)
     with pytest.raises(TrainingFailed) as e:

@@ -46,7 +46,10 @@ class Attack:
         self.config = config
         self.threat = threat
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, shard=None) -> torch.Tensor:
+        """`shard` (roli.distributed.Shard): x is rows [start, start + len(x)) of a global batch of `size`
+        rows; random starts are drawn for the whole global batch, so N ranks attack exactly as one process would."""
+        self.shard = shard
         with attack_mode(model), torch.enable_grad():
             x_adv = self.perturb(model, x.detach(), y)
         return x_adv.detach()

@@ -92,7 +92,7 @@ class PGD(Attack):
             best_wrong[better], best_loss[better] = wrong[better], loss[better]
 
         for _ in range(cfg.restarts):
-            x_adv = ball.random_init(x) if cfg.random_start else x.clone()
+            x_adv = ball.random_init(x, getattr(self, "shard", None)) if cfg.random_start else x.clone()
             for _ in range(cfg.steps):
                 x_adv.requires_grad_(True)
                 logits = model(x_adv)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from roli.attacks.base import Attack
 from roli.config import TrainConfig
+from roli.distributed import all_finite, sum_over_ranks, world
 from roli.transfer.base import set_train_mode
 
 
@@ -21,21 +22,29 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
-                    attack: Attack | None, cfg: TrainConfig, epoch: int) -> dict:
+                    attack: Attack | None, cfg: TrainConfig, epoch: int, step_model: nn.Module | None = None) -> dict:
+    """One epoch; `step_model` (DistributedDataParallel under torchrun) runs the training step, `model` the attack."""
     device = next(model.parameters()).device
+    step_model = step_model or model
+    w = world()
+    shards = getattr(loader.batch_sampler, "shards", None) if w.distributed else None
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
     set_train_mode(model, True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-    for x, y in bar:
+    for i, (x, y) in enumerate(bar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        shard = shards[i] if shards is not None else None
         if attack is not None:
-            x = attack(model, x, y)  # eval mode, input gradients only; train mode restored afterwards
+            x = attack(model, x, y, shard=shard)  # eval mode, input gradients only; train mode restored afterwards
         with amp:
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        if not torch.isfinite(loss):
+            logits = step_model(x)
+            if shard is None:
+                loss = F.cross_entropy(logits.float(), y)
+            else:  # DDP averages the ranks' gradients: scale so that the step is the global batch's mean
+                loss = F.cross_entropy(logits.float(), y, reduction="sum") * (w.size / shard.size)
+        if not all_finite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, batch {n // len(y) + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -43,10 +52,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        total_loss += loss.item() * len(y)
+        total_loss += (loss.item() * shard.size / w.size) if shard else loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
         bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{100 * correct / n:.1f}")
     secs = time.perf_counter() - t0
+    total_loss, correct, n = sum_over_ranks([total_loss, correct, n], device)
     return {"train_loss": total_loss / n, "train_acc": 100.0 * correct / n, "train_seconds": round(secs, 2),
             "train_images_per_s": round(n / secs, 1)}

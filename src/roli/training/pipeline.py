@@ -33,6 +33,7 @@ from roli.backbones.custom import from_module, module_digest
 from roli.data import DataError, Splits, build_data, make_loader
 from roli.data.custom import from_datasets
 from roli.evaluation.accuracy import evaluate
+from roli import distributed
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
@@ -140,12 +141,14 @@ def _write_results(run_dir: Path, results: dict) -> None:
 def ensure_stage1(cfg: Config, out: Path, custom: Custom | None = None) -> tuple[Path, dict]:
     s1 = stage1_config(cfg)
     key = stage1_key(s1, custom)
-    found = find_stage1(out, key)
+    # Under torchrun rank 0 decides (reuse, resume or run) and every rank follows: a folder rank 0 creates must not
+    # change another rank's decision.
+    found, pending_exists = distributed.broadcast((find_stage1(out, key), (out / f"stage1-{key[:10]}").exists()))
     if found is not None:
         log.info("RoLI stage 1: reusing %s (key %s)", found, key)
         return found, read_results(found)
     pending = out / f"stage1-{key[:10]}"
-    if pending.exists():
+    if pending_exists:
         log.info("RoLI stage 1: resuming %s", pending)
         return pending, run(s1, out, resume=pending, **(custom.kwargs() if custom else {}))
     log.info("RoLI stage 1: adversarial linear probing (key %s)", key)
@@ -163,6 +166,9 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     """
     custom = Custom.make(cfg, model, data)
     cfg = custom.config(cfg) if custom else cfg
+    w, _ = distributed.init(cfg.run.device)  # under torchrun: join the process group (once)
+    if not w.is_main:  # one log, from rank 0; the others speak only for warnings and errors
+        logging.getLogger("roli").setLevel(max(logging.getLogger("roli").getEffectiveLevel(), logging.WARNING))
     out = Path(out)
     t0 = time.perf_counter()
     if resume is not None:
@@ -181,11 +187,13 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         s1_dir, s1_res = ensure_stage1(cfg, out, custom)
         stage1 = {"run_dir": str(s1_dir), "checkpoint": str(s1_dir / "best.pt"), "key": s1_res["stage1_key"],
                   "selected_epoch": s1_res["selected_epoch"], "val": s1_res["best_val"], "test": s1_res["test"]}
-    if run_dir is None:
-        run_dir = new_run_dir(out, name or cfg.run.name or f"{cfg.transfer.name}-{cfg.transfer.init}")
-    if resume is None:
+    if run_dir is None:  # rank 0 picks the folder, every rank uses it
+        run_dir = distributed.broadcast(
+            new_run_dir(out, name or cfg.run.name or f"{cfg.transfer.name}-{cfg.transfer.init}") if w.is_main else None)
+    if resume is None and w.is_main:
         dump_config(cfg, run_dir / "config.yaml")
-    handler = logging.FileHandler(run_dir / "train.log")  # the run's own log, appended to on resume
+    # the run's own log (rank 0), appended to on resume
+    handler = logging.FileHandler(run_dir / "train.log") if w.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("roli").addHandler(handler)
     try:
@@ -198,8 +206,10 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
 
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
                     t0: float, custom: Custom | None = None) -> dict:
-    device = pick_device(cfg.run.device)
-    torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
+    w, device = distributed.init(cfg.run.device)
+    if not w.distributed:
+        device = pick_device(cfg.run.device)
+    torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) // w.size))
     seed_everything(cfg.run.seed)
     splits = custom.splits if custom and custom.splits else build_data(cfg.data)
     if custom and custom.module is not None:
@@ -216,21 +226,24 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "status": "running", "run_dir": str(run_dir), "recipe": recipe,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": to_dict(cfg), "seed": cfg.run.seed, "versions": versions(), "device": device_name(device),
+        "world_size": w.size,
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
         "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg, custom), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
         "backbone": backbone_report,
     }
-    _write_results(run_dir, results)
+    if w.is_main:
+        _write_results(run_dir, results)
     try:
         fitted = fit(model, cfg, splits, run_dir, resume=resume)
     except TrainingFailed as e:
-        _write_results(run_dir, {**results, "status": "failed", "error": str(e)})
+        if w.is_main:
+            _write_results(run_dir, {**results, "status": "failed", "error": str(e)})
         raise
     best = load_file(run_dir / "best.pt")
     load_trained_state(model, best["model"], run_dir / "best.pt")  # lean: on top of the same frozen backbone
     test_attack = cfg.eval.attack
-    test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
+    test = evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
                     {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
     results.update(
         status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
@@ -239,9 +252,11 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
               "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"]},
         seconds=round(time.perf_counter() - t0, 1),
     )
-    _write_results(run_dir, results)
-    if not cfg.run.keep_resume_state:  # only now that results.json says complete: a kill before this resumes
-        (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if w.is_main:
+        _write_results(run_dir, results)
+        if not cfg.run.keep_resume_state:  # only now that results.json says complete: a kill before this resumes
+            (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    distributed.barrier()
     log.info("%s: test clean %.2f%%, %s %.2f%% (epoch %d) -> %s", run_dir.name, results["test"]["clean"],
              test_attack.name, results["test"]["pgd"], results["selected_epoch"], run_dir)
     return results

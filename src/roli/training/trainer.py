@@ -18,8 +18,9 @@ from roli.attacks import build_attack
 from roli.backbones.checkpoints import atomic_save, load_file
 from roli.backbones.normalize import Classifier
 from roli.config import Config, to_dict
-from roli.data.base import Splits, make_loader
+from roli.data.base import Splits
 from roli.evaluation.accuracy import evaluate
+from roli.distributed import barrier, check_batch, data_parallel, global_batches, sharded_loader, world
 from roli.training.loop import NonFiniteLoss, train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler
 from roli.training.tracking import TensorBoard, write_metrics_csv
@@ -95,11 +96,15 @@ class FitResult:
 
 
 def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: bool = False) -> FitResult:
-    train_cfg, seed = cfg.train, cfg.run.seed
+    """Train `model` (already on its device); under torchrun every rank calls this, and only rank 0 writes."""
+    train_cfg, seed, w = cfg.train, cfg.run.seed, world()
+    check_batch(cfg.data.batch_size, w)
     train_attack = build_attack(cfg.attack, cfg.threat) if train_cfg.adversarial else None
     eval_attack = build_attack(cfg.eval.attack, cfg.threat)
-    val_loader = make_loader(splits.val, cfg.data.eval_batch_size, shuffle=False)
-    steps_per_epoch = len(make_loader(splits.train, cfg.data.batch_size, shuffle=True))
+    device = next(model.parameters()).device
+    val_loader = sharded_loader(splits.val, cfg.data.eval_batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(global_batches(len(splits.train), cfg.data.batch_size, shuffle=False, seed=0))
+    step_model = data_parallel(model, cfg, device)  # DDP across ranks (the attack uses `model` itself)
     optimizer = build_optimizer(model, train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg, steps_per_epoch)
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
@@ -115,14 +120,15 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         history, best, start = state["history"], state["best"], state["epoch"]
         log.info("resuming %s after epoch %d", run_dir, start)
     key = SELECT_KEY[cfg.eval.select]
-    board = TensorBoard(run_dir) if cfg.run.tensorboard else None
+    board = TensorBoard(run_dir) if cfg.run.tensorboard and w.is_main else None
     for epoch in range(start, train_cfg.epochs):
         # The data order depends only on (seed, epoch), so a resumed run sees the same batches.
-        loader = make_loader(splits.train, cfg.data.batch_size, shuffle=True, seed=seed * 1000 + epoch,
-                             num_workers=cfg.data.num_workers)
+        loader = sharded_loader(splits.train, cfg.data.batch_size, shuffle=True, seed=seed * 1000 + epoch,
+                                num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         lr_start = optimizer.param_groups[0]["lr"]  # the LR of the epoch's first step
         try:
-            stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, train_cfg, epoch)
+            stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, train_cfg, epoch,
+                                    step_model=step_model)
         except NonFiniteLoss as e:
             raise TrainingFailed(
                 f"{e}. Training stopped; the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. "
@@ -133,16 +139,20 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}
         history.append(row)
-        write_metrics_csv(history, run_dir)
+        if w.is_main:
+            write_metrics_csv(history, run_dir)
         if board is not None:
             board.log(row)
         log.info("epoch %d/%d: loss %.4f, train acc %.2f, val clean %.2f, val PGD %.2f (%.0f img/s)", epoch + 1,
                  train_cfg.epochs, row["train_loss"], row["train_acc"], row["val_clean"], row["val_robust"],
                  row["train_images_per_s"])
-        if not best or row[key] > best[key]:  # strictly greater: the first maximum wins
+        if not best or row[key] > best[key]:  # strictly greater: the first maximum wins (the same on every rank)
             best = dict(row)
-            atomic_save(model_checkpoint(model, cfg, {"epoch": epoch + 1, "val": row}), best_path)
-        atomic_save(resume_state(model, optimizer, scheduler, epoch + 1, history, best), ckpt_path)
+            if w.is_main:
+                atomic_save(model_checkpoint(model, cfg, {"epoch": epoch + 1, "val": row}), best_path)
+        if w.is_main:
+            atomic_save(resume_state(model, optimizer, scheduler, epoch + 1, history, best), ckpt_path)
+        barrier()  # the files are complete before any rank reads them
     if board is not None:
         board.close()
     return FitResult(history, best)

@@ -1,4 +1,4 @@
-"""roli.training.distributed: global batches sliced per rank, exactly as one process would see them."""
+"""roli.distributed: global batches sliced per rank, exactly as one process would see them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from roli.config import ConfigError
-from roli.training.distributed import ShardedBatches, World, check_batch, global_batches, local_slice, sharded_loader
+from roli.data.base import make_loader
+from roli.distributed import ShardedBatches, World, check_batch, global_batches, local_slice, sharded_loader
 
 
 def test_one_process_sees_the_global_batches_and_the_order_depends_on_the_seed_only():
@@ -17,6 +18,8 @@ def test_one_process_sees_the_global_batches_and_the_order_depends_on_the_seed_o
     assert ours == [b[0].tolist() for b in sharded_loader(ds, 10, shuffle=True, seed=7, w=World())]
     assert ours != [b[0].tolist() for b in sharded_loader(ds, 10, shuffle=True, seed=8, w=World())]
     assert sorted(sum(ours, [])) == list(range(103))
+    # ... and they are exactly a single-process DataLoader's (so one process runs as it always did)
+    assert ours == [b[0].tolist() for b in make_loader(ds, 10, shuffle=True, seed=7)]
 
 
 @pytest.mark.parametrize("size", [2, 3, 4])

@@ -81,8 +81,14 @@ def init(device: str = "auto", timeout_s: float = 1800) -> tuple[World, torch.de
 
 
 def global_batches(n: int, batch_size: int, *, shuffle: bool, seed: int) -> list[list[int]]:
-    """The global batches of a single-process DataLoader with `torch.Generator().manual_seed(seed)` (same order)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else list(range(n))
+    """The global batches of a single-process DataLoader(shuffle, generator=Generator().manual_seed(seed)): the same
+    order (the DataLoader draws one base seed from the generator before its sampler's permutation)."""
+    if not shuffle:
+        order = list(range(n))
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        torch.empty((), dtype=torch.int64).random_(generator=gen)  # the DataLoader's base-seed draw
+        order = torch.randperm(n, generator=gen).tolist()
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
@@ -136,6 +142,16 @@ def sum_over_ranks(values: Sequence[float], device: torch.device | None = None) 
     return t.tolist()
 
 
+def all_finite(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (one rank stopping alone would leave the others waiting)."""
+    ok = torch.isfinite(loss.detach()).all()
+    if world().distributed:
+        flag = ok.to(torch.float32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+    return bool(ok)
+
+
 def broadcast(obj: Any) -> Any:
     """Rank 0's `obj` on every rank (e.g. a decision only rank 0 can take, such as which stage-1 run to use)."""
     if not world().distributed:
@@ -148,3 +164,16 @@ def broadcast(obj: Any) -> Any:
 def barrier() -> None:
     if world().distributed:
         dist.barrier()
+
+
+def data_parallel(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn.Module:
+    """The module the training step runs: DistributedDataParallel over ranks (gradients all-reduced once per step),
+    or `model` itself in one process. `run.sync_bn` turns trainable BatchNorm into SyncBatchNorm first."""
+    if not world().distributed or not any(p.requires_grad for p in model.parameters()):
+        return model
+    if cfg.run.sync_bn:
+        model.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.net)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
