@@ -175,5 +175,4 @@ def data_parallel(model: torch.nn.Module, cfg, device: torch.device) -> torch.nn
         model.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.net)
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
