@@ -161,6 +161,15 @@ def broadcast(obj: Any) -> Any:
     return box[0]
 
 
+def gather(items: list) -> list:
+    """Every rank's `items` concatenated (in rank order), on every rank."""
+    if not world().distributed:
+        return list(items)
+    out: list = [None] * world().size
+    dist.all_gather_object(out, list(items))
+    return [x for part in out for x in part]
+
+
 def barrier() -> None:
     if world().distributed:
         dist.barrier()

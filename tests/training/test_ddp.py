@@ -99,3 +99,22 @@ def test_a_killed_rank_stops_the_job_and_the_run_resumes_to_the_same_result(one_
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
     wa, wb = _weights(one_and_two / "two" / "r"), _weights(run_dir)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same 2-process computation: bit-identical
+
+
+def test_sharded_evaluation_equals_one_process_for_pgd_and_autoattack(one_and_two, tmp_path):
+    ckpt = str(one_and_two / "one" / "r" / "best.pt")
+    args = ["eval", "--checkpoint", ckpt, "--suite", "full", "--limit", "200", "--aa", "version=custom",
+            "attacks=[apgd-ce]", "n_iter=5"]
+    single = roli_cli(*args, "--output", str(tmp_path / "one.json"), "--aa-state", str(tmp_path / "s1.json"),
+                      cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    sharded = torchrun("-m", "roli", *args, "--output", str(tmp_path / "two.json"), "--aa-state",
+                       str(tmp_path / "s2.json"), cwd=tmp_path)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    for name in ("clean", "fgsm", "pgd", "autoattack"):
+        assert a["results"][name]["acc"] == b["results"][name]["acc"] and a["results"][name]["n"] == b["results"][
+            name]["n"] == 200, name  # 3 chunks of 96, 96, 8: rank 0 attacks two, rank 1 one
+    assert a["results"]["autoattack"]["after"] == b["results"]["autoattack"]["after"]
+    assert sorted(p.name for p in tmp_path.glob("s2.rank*")) == ["s2.rank0-of-2.json", "s2.rank1-of-2.json"]

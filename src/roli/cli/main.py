@@ -59,6 +59,10 @@ def _eval(a: argparse.Namespace) -> int:
                                  norm=a.norm, steps=a.steps, step_size=number(a.step_size), limit=a.limit,
                                  data_root=a.data_root, suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state,
                                  device=a.device, backbone=a.backbone)
+    from roli.distributed import world
+
+    if not world().is_main:  # under torchrun: rank 0 reports for all
+        return 0
     text = json.dumps(result, indent=2)
     print(text)
     print(summary_line(result), file=sys.stderr)  # stdout stays pure JSON (pipe it to jq)

@@ -9,6 +9,7 @@ path skips what is done and, since every sub-attack is seeded, ends with the ide
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from roli.attacks.autoattack import AutoAttack, AutoAttackConfig
 from roli.attacks.base import attack_mode
 from roli.config import ThreatConfig, to_dict
+from roli.distributed import broadcast, gather, world
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "roli-autoattack-state/1"
@@ -106,6 +108,22 @@ def _attack_chunk(attack: AutoAttack, model: nn.Module, x: torch.Tensor, y: torc
     return out
 
 
+def _whole_chunks(loader: DataLoader) -> DataLoader:
+    """AutoAttack's chunks are whole batches (its result for a chunk depends on the chunk, not on who attacks it):
+    a rank-sliced loader (roli.distributed) is turned back into the global batches."""
+    shards = getattr(loader.batch_sampler, "shards", None)
+    if not shards:
+        return loader
+    return DataLoader(loader.dataset, batch_size=shards[0].size, shuffle=False, num_workers=loader.num_workers)
+
+
+def _own_chunks(loader: DataLoader, w) -> Iterator:
+    """(global chunk index, chunk) for this rank's chunks (every size-th batch), without loading the others."""
+    for i, batch in enumerate(loader.batch_sampler):
+        if i % w.size == w.rank:
+            yield i, loader.collate_fn([loader.dataset[k] for k in batch])
+
+
 def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttackConfig, threat: ThreatConfig,
                         state_path: str | Path | None = None) -> dict:
     """AutoAttack robust accuracy (%) over `loader` (unshuffled), with the accuracy after each sub-attack.
@@ -117,16 +135,19 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
     cfg = attack.config
     device = next(model.parameters()).device
     subs = attack.sub_attacks()
+    loader, w = _whole_chunks(loader), world()
+    if w.distributed and state_path is not None:  # one resumable state per rank (its own chunks)
+        state_path = Path(state_path).with_name(f"{Path(state_path).stem}.rank{w.rank}-of-{w.size}.json")
     key = {"model": model_digest(model), "config": to_dict(cfg), "threat": to_dict(threat), "attacks": subs}
     state = EvaluationState(Path(state_path) if state_path is not None else None, key, cfg.seed)
     if state.seed is None:
         state.seed = attack.resolve_seed()
-    seed = state.seed
-    n_classes, t0, robust_all = None, time.perf_counter(), []
+    state.seed = seed = broadcast(state.seed)  # every rank attacks with rank 0's seed
+    n_classes, t0, done = None, time.perf_counter(), []  # done: (global chunk index, its flags)
     with attack_mode(model):
-        for i, (x, y) in enumerate(tqdm(loader, desc="autoattack", leave=False, disable=None)):
+        for j, (i, (x, y)) in enumerate(_own_chunks(loader, w)):  # chunk-level shards
             x, y = x.to(device).float(), y.to(device)
-            chunk = state.chunk(i, _digest(x, y))
+            chunk = state.chunk(j, _digest(x, y))
             if "clean" not in chunk["flags"]:
                 with torch.inference_mode():
                     chunk["flags"]["clean"] = (model(x).argmax(1) == y).tolist()
@@ -143,15 +164,16 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
                     state.save()
                     log.debug("AutoAttack chunk %d %s: %d/%d robust", i, sub, int(robust.sum()), len(y))
                 robust = torch.tensor(chunk["flags"][sub], dtype=torch.bool, device=device)
-            robust_all.append(robust.cpu())
+            done.append((i, chunk["flags"]))
     secs = time.perf_counter() - t0
-    n = sum(len(c["flags"]["clean"]) for c in state.chunks[: len(robust_all)])
-    after = {k: 100.0 * sum(sum(c["flags"][k]) for c in state.chunks[: len(robust_all)]) / max(n, 1)
-             for k in ("clean", *subs)}
-    flags = torch.cat(robust_all) if robust_all else torch.zeros(0, dtype=torch.bool)
+    flags_by_chunk = [f for _, f in sorted(gather(done))]  # every rank's chunks, in the loader's order
+    n_classes = max(gather([n_classes or 0]))
+    n = sum(len(f["clean"]) for f in flags_by_chunk)
+    after = {k: 100.0 * sum(sum(f[k]) for f in flags_by_chunk) / max(n, 1) for k in ("clean", *subs)}
+    flags = [b for f in flags_by_chunk for b in f[subs[-1]]]
     result = {"acc": after[subs[-1]], "after": after, "n": n, "seconds": round(secs, 3),
               "images_per_s": round(n / secs, 1) if secs > 0 else None,
-              "settings": attack.settings(n_classes or 10, seed), "robust": flags.tolist(),
+              "settings": attack.settings(n_classes or 10, seed), "robust": flags,
               "state": str(state_path) if state_path is not None else None, "resumed": state.resumed}
     log.info("AutoAttack (%s, %s eps %.4g): %s", cfg.version, threat.norm, threat.eps,
              ", ".join(f"{k} {v:.2f}%" for k, v in after.items()))

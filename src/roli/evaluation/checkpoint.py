@@ -14,10 +14,11 @@ from roli.backbones import build_model
 from roli.backbones.checkpoints import CheckpointError, load_file
 from roli.backbones.convert import sha256sum
 from roli.config import AttackConfig, Config, ThreatConfig, attack_config, config_hash, from_dict, to_dict, upgrade
-from roli.data import build_data, make_loader
+from roli.data import build_data
 from roli.evaluation.suite import SUITES, Suite, library_versions, run_suite
 from roli.transfer import build_transfer
 from roli.transfer.state import load_trained_state
+from roli import distributed
 from roli.device import device_name, pick_device
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     backbone weights file of a lean checkpoint, when it has moved (see `load_model`).
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    dev = pick_device(device)
+    w, dev = distributed.init(device)  # under torchrun: each rank evaluates its shard, counts are summed
+    dev = dev if w.distributed else pick_device(device)
     model, cfg = load_model(path, dev, backbone=backbone)
     threat_over = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
     threat = from_dict(ThreatConfig, {**to_dict(cfg.threat), **threat_over}, "--eps/--norm")
@@ -132,11 +134,12 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     if splits.num_classes != model.head.out_features:
         raise CheckpointError(f"{data_cfg.name} has {splits.num_classes} classes but the model outputs "
                               f"{model.head.out_features}")
-    loader = make_loader(splits.split(split), data_cfg.eval_batch_size, shuffle=False, pin_memory=dev.type == "cuda")
+    loader = distributed.sharded_loader(splits.split(split), data_cfg.eval_batch_size, shuffle=False,
+                                        pin_memory=dev.type == "cuda")
     if aa_state is None and "autoattack" in plan.attacks:
         key = config_hash(configs["autoattack"], threat, data_cfg, split)[:10]
         aa_state = Path(path).with_name(f"autoattack-{data_cfg.name}-{split}-{key}.state.json")
     out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed)
     return {"checkpoint": str(path), "started": started, "suite": suite, "data": {**splits.info, "split": split},
             "attack": to_dict(atk_cfg), **out, "versions": library_versions(),
-            "device": device_name(dev), "threads": torch.get_num_threads()}
+            "device": device_name(dev), "threads": torch.get_num_threads(), "world_size": w.size}
