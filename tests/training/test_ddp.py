@@ -118,3 +118,13 @@ def test_sharded_evaluation_equals_one_process_for_pgd_and_autoattack(one_and_tw
             name]["n"] == 200, name  # 3 chunks of 96, 96, 8: rank 0 attacks two, rank 1 one
     assert a["results"]["autoattack"]["after"] == b["results"]["autoattack"]["after"]
     assert sorted(p.name for p in tmp_path.glob("s2.rank*")) == ["s2.rank0-of-2.json", "s2.rank1-of-2.json"]
+
+
+def test_a_sweep_runs_each_cell_under_torchrun(tmp_path):
+    (tmp_path / "full_finetune.yaml").write_text(RECIPE.replace("epochs: 2", "epochs: 1"))
+    (tmp_path / "grid.yaml").write_text("recipe: '{method}.yaml'\naxes: {method: [full_finetune]}\nseeds: [0]\n"
+                                        "out: sw\n")
+    out = roli_cli("sweep", "grid.yaml", "--nproc", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (res,) = [json.loads(p.read_text()) for p in (tmp_path / "sw").glob("*/results.json")]
+    assert res["status"] == "complete" and res["world_size"] == 2

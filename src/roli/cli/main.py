@@ -39,7 +39,13 @@ def _run(a: argparse.Namespace) -> int:
             raise SystemExit("roli run: give at least one recipe (e.g. recipes/tiny/mnist_full_roli.yaml)")
         configs = [(r, load_config(r, a.set)) for r in a.recipes]  # validate every recipe before training any
         out = Path(a.out)
-        results = [run(cfg, out=out, recipe=r, name=cfg.run.name or Path(r).stem) for r, cfg in configs]
+        if a.name and len(configs) > 1:
+            raise SystemExit("roli run: --name takes one recipe")
+        results = [run(cfg, out=out, recipe=r, name=a.name or cfg.run.name or Path(r).stem) for r, cfg in configs]
+    from roli.distributed import world
+
+    if not world().is_main:  # under torchrun: rank 0 reports
+        return 0
     report = write_report(out, [Path(r["run_dir"]) for r in results])
     print(report.read_text())
     print(f"report: {report}")
@@ -140,7 +146,7 @@ def _sweep(a: argparse.Namespace) -> int:
     print(describe(p))
     if a.dry_run:
         return 0
-    outcome = run_sweep(p)
+    outcome = run_sweep(p, nproc=a.nproc)
     report = write_report(p.out, finished_dirs(p))
     print(f"sweep shard {p.shard[0]}/{p.shard[1]}: {len(outcome['ran'])} ran, {len(outcome['complete'])} already "
           f"complete, {len(outcome['failed'])} failed now, {len(outcome['skipped_failed'])} failed before; "
@@ -191,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=3")
     r.add_argument("--out", default="runs", help="output root; each run gets a new folder inside (default runs/)")
     r.add_argument("--resume", metavar="DIR", help="continue an interrupted run folder")
+    r.add_argument("--name", help="the run folder's name (one recipe only; default: run.name or the recipe's name)")
     r.set_defaults(func=_run)
 
     e = sub.add_parser("eval", help="evaluate a roli checkpoint (rebuilt without its recipe)")
@@ -225,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="print the cells and estimated GPU-hours; run nothing")
     sw.add_argument("--out", help="output root (default: the grid's `out:`)")
     sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
+    sw.add_argument("--nproc", type=int, default=1, metavar="N",
+                    help="run each cell under torchrun with N processes (one per GPU); default 1 = in this process")
     sw.set_defaults(func=_sweep)
 
     rep = sub.add_parser("report", help="collect results.json of runs into report.md, CSV and plots")

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from roli.config import AttackConfig, Config, ConfigError, load_config, to_dict
+from roli.config import AttackConfig, Config, ConfigError, dump_config, load_config, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,26 @@ def cell_status(out: Path, cell: Cell) -> str:
     return "partial" if (run_dir / "config.yaml").is_file() else "todo"
 
 
-def run_cell(cell: Cell, cfg: Config, out: Path) -> dict:
+def torchrun_cell(cell: Cell, cfg: Config, out: Path, nproc: int, resume: bool) -> dict:
+    """One cell as its own `torchrun --standalone --nproc-per-node nproc` job (a cell's GPUs; stage 1 included)."""
+    import subprocess
+    import sys
+
+    cells = out / ".cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    recipe = cells / f"{cell.name}.yaml"  # the resolved recipe of the cell, kept for the record
+    dump_config(cfg, recipe)
+    target = ["--resume", str(out / cell.name)] if resume else [str(recipe), "--out", str(out), "--name", cell.name]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "roli",
+           "run", *target]
+    log.info("sweep: %s", " ".join(cmd))
+    done = subprocess.run(cmd)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun exited with {done.returncode} (its output above names the failing rank)")
+    return json.loads((out / cell.name / "results.json").read_text())
+
+
+def run_cell(cell: Cell, cfg: Config, out: Path, nproc: int = 1) -> dict:
     from roli.training.pipeline import run
 
     run_dir = out / cell.name
@@ -213,9 +232,13 @@ def run_cell(cell: Cell, cfg: Config, out: Path) -> dict:
             raise ConfigError(f"{run_dir}: the recipe changed since this cell started ({diff[:5]}); restore it, "
                               "or move the folder away to start the cell again")
         log.info("sweep: resuming %s", run_dir)
+        if nproc > 1:
+            return torchrun_cell(cell, cfg, out, nproc, resume=True)
         return run(cfg, resume=run_dir, recipe=str(cell.recipe))
     if run_dir.exists() and not any(run_dir.iterdir()):
         run_dir.rmdir()  # an empty folder left by a kill right after it was made
+    if nproc > 1:
+        return torchrun_cell(cell, cfg, out, nproc, resume=False)
     return run(cfg, out=out, name=cell.name, recipe=str(cell.recipe))
 
 
@@ -263,8 +286,9 @@ def describe(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(p: Plan) -> dict[str, list[str]]:
-    """Run this shard's cells in grid order; returns cell names by outcome. Failures do not stop the sweep."""
+def run_sweep(p: Plan, nproc: int = 1) -> dict[str, list[str]]:
+    """Run this shard's cells in grid order (each under torchrun with `nproc` processes when > 1); returns cell
+    names by outcome. Failures do not stop the sweep."""
     outcome: dict[str, list[str]] = {"complete": [], "ran": [], "failed": [], "skipped_failed": []}
     for i in p.selected():
         cell, cfg = p.cells[i], p.configs[i]
@@ -279,7 +303,7 @@ def run_sweep(p: Plan) -> dict[str, list[str]]:
             continue
         log.info("sweep: cell %d/%d %s (%s)", i + 1, len(p.cells), cell.name, cell.recipe)
         try:
-            run_cell(cell, cfg, p.out)
+            run_cell(cell, cfg, p.out, nproc)
             outcome["ran"].append(cell.name)
         except Exception as e:  # noqa: BLE001  (one broken cell (unsupported backbone, NaN, missing file) must not stop the grid)
             log.error("sweep: %s failed: %s: %s", cell.name, type(e).__name__, e)
