@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import torch
@@ -14,6 +15,8 @@ from tqdm.auto import tqdm
 from roli.attacks.base import Attack
 from roli.config import TrainConfig
 from roli.transfer.base import set_train_mode
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -28,7 +31,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     set_train_mode(model, True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
-    for x, y in bar:
+    skipped = 0
+    for batch, (x, y) in enumerate(bar, 1):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if attack is not None:
             x = attack(model, x, y)  # eval mode, input gradients only; train mode restored afterwards
@@ -36,7 +40,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, batch {n // len(y) + 1}")
+            where = f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}" + \
+                (f" of {len(loader)}" if hasattr(loader, "__len__") else "")
+            skipped += 1
+            if cfg.on_nonfinite == "stop":
+                raise NonFiniteLoss(where)
+            if skipped > cfg.max_skipped_batches:
+                raise NonFiniteLoss(f"{where}: more non-finite batches than train.max_skipped_batches allows "
+                                    f"({cfg.max_skipped_batches} left for this run)")
+            log.warning("%s: batch skipped (train.on_nonfinite: skip)", where)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()  # the schedule keeps its place in the epoch
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -48,5 +63,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         n += len(y)
         bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{100 * correct / n:.1f}")
     secs = time.perf_counter() - t0
+    if n == 0:
+        raise NonFiniteLoss(f"every batch of epoch {epoch + 1} had a non-finite loss")
     return {"train_loss": total_loss / n, "train_acc": 100.0 * correct / n, "train_seconds": round(secs, 2),
-            "train_images_per_s": round(n / secs, 1)}
+            "train_images_per_s": round(n / secs, 1), "skipped_batches": skipped}

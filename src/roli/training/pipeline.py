@@ -8,7 +8,6 @@ evaluation, seed and stage-1 training settings is reused (its `stage1_key` in re
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -22,9 +21,12 @@ from roli.attacks import build_attack
 from roli.backbones import build_model
 from roli.backbones.checkpoints import load_file
 from roli.backbones.convert import sha256sum
-from roli.config import BackboneConfig, Config, TransferConfig, config_hash, dump_config, to_dict
-from roli.device import deterministic, device_name, pick_device
+from roli.config import (BackboneConfig, Config, ConfigError, TransferConfig, config_hash, dump_config, load_config,
+                         to_dict)
+from roli.device import deterministic, device_name, oom_hint, pick_device
 from roli.data import build_data, make_loader
+from roli.errors import ResultsError, RunDirError
+from roli.files import atomic_write_json, discard_unstarted, read_json
 from roli.evaluation.accuracy import evaluate
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
@@ -32,10 +34,6 @@ from roli.transfer.heads import head_state, init_ranli, init_roli
 from roli.version import versions
 
 log = logging.getLogger(__name__)
-
-
-class RunDirError(FileExistsError):
-    """A run folder would be overwritten, or a resume folder is not a roli run."""
 
 
 def stage1_config(cfg: Config) -> Config:
@@ -74,21 +72,39 @@ def new_run_dir(out: Path, name: str) -> Path:
 
 def read_results(run_dir: Path) -> dict | None:
     path = run_dir / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "results.json") if path.is_file() else None
 
 
 def find_stage1(out: Path, key: str) -> Path | None:
     for res_path in sorted(out.glob("*/results.json")):
-        res = json.loads(res_path.read_text())
-        if res.get("stage1_key") == key and res.get("status") == "complete":
+        try:
+            res = read_json(res_path, "results.json")
+        except ResultsError as e:  # a damaged results.json elsewhere in the folder is not this stage 1
+            log.warning("RoLI stage 1: skipping %s", e)
+            continue
+        if isinstance(res, dict) and res.get("stage1_key") == key and res.get("status") == "complete":
             return res_path.parent
     return None
 
 
 def _write_results(run_dir: Path, results: dict) -> None:
-    tmp = run_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, run_dir / "results.json")
+    atomic_write_json(run_dir / "results.json", results)
+
+
+# Settings a resumed run may change: where and how fast it computes, not what it computes.
+RESUMABLE_CHANGES = {"run.threads", "run.device", "run.name", "run.keep_resume_state", "data.num_workers",
+                     "data.root"}
+
+
+def check_same_config(cfg: Config, run_dir: Path) -> None:
+    """A run resumes only with the settings it was made with (config.yaml), but for RESUMABLE_CHANGES."""
+    saved = to_dict(load_config(run_dir / "config.yaml"))
+    now = to_dict(cfg)
+    diff = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}" for s in now for k, v in now[s].items()
+            if f"{s}.{k}" not in RESUMABLE_CHANGES and saved.get(s, {}).get(k) != v]
+    if diff:
+        raise ConfigError(f"{run_dir} was made with different settings ({'; '.join(diff[:5])}); resume it with its "
+                          "own config.yaml (no --set), or start a new run")
 
 
 def ensure_stage1(cfg: Config, out: Path) -> tuple[Path, dict]:
@@ -115,6 +131,7 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
+        check_same_config(cfg, run_dir)
         out = run_dir.parent
     else:
         run_dir = None
@@ -126,13 +143,23 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     if run_dir is None:
         run_dir = new_run_dir(out, name or cfg.run.name or f"{cfg.transfer.name}-{cfg.transfer.init}")
     if resume is None:
-        dump_config(cfg, run_dir / "config.yaml")
+        try:
+            dump_config(cfg, run_dir / "config.yaml")
+        except BaseException:
+            discard_unstarted(run_dir)
+            raise
     handler = logging.FileHandler(run_dir / "train.log")  # the run's own log, appended to on resume
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("roli").addHandler(handler)
     try:
         with deterministic(cfg.run.deterministic):  # scoped: a sweep's next cell starts from the default again
             return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0)
+    except BaseException:
+        # Failed before its results.json (data, model or method could not be set up): a new run's folder is removed,
+        # so that nobody (a sweep) mistakes it for resumable work.
+        if resume is None and not (run_dir / "results.json").exists() and discard_unstarted(run_dir):
+            log.info("removed %s: the run failed before training started", run_dir)
+        raise
     finally:
         logging.getLogger("roli").removeHandler(handler)
         handler.close()
@@ -169,8 +196,9 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     best = load_file(run_dir / "best.pt")
     model.load_state_dict(best["model"])
     test_attack = cfg.eval.attack
-    test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                    {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
+    with oom_hint("test evaluation", "data.eval_batch_size", cfg.data.eval_batch_size):
+        test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
+                        {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
     results.update(
         status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
         best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
