@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
+import netguard
 from roli.config import load_config
 
 TINY = {
@@ -24,13 +23,9 @@ TINY = {
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
-    """Tests never touch the network: any connection attempt fails loudly."""
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access in tests is not allowed")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    """Tests never touch the network: connect, connect_ex, sendto, create_connection and every DNS look-up fail
+    loudly (tests/netguard.py; tests/reliability/test_untrusted.py checks each one)."""
+    netguard.install(monkeypatch.setattr)
     torch.manual_seed(0)
 
 

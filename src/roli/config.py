@@ -22,13 +22,11 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from roli.errors import ConfigError
+from roli.files import atomic_write_text
 from roli.registry import ATTACKS, CONVERTERS, TRANSFER
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A recipe or override is invalid; the message names the key and the fix."""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -181,8 +179,14 @@ class TrainConfig:
     # arithmetic stay fp32). fp16 uses a gradient scaler and needs CUDA; bf16 on a CPU needs native bf16 (AVX-512
     # BF16 or AMX), else roli falls back to fp32 with a warning (emulated bf16 is ~4x slower).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # A NaN/inf training loss: `stop` (TrainingFailed, the last good checkpoint kept), or `skip` the batch (no
+    # optimiser step; counted in the history as skipped_batches) and stop once more than max_skipped_batches were
+    # skipped in the whole run.
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_batches: int = 10
 
     def __post_init__(self) -> None:
+        _check(self.max_skipped_batches >= 0, f"max_skipped_batches must be >= 0, got {self.max_skipped_batches}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -364,6 +368,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: cannot read the recipe ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     if "base" in data:
@@ -476,4 +482,4 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), d
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a kill never leaves half a config

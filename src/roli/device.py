@@ -9,12 +9,9 @@ from collections.abc import Iterator
 
 import torch
 
+from roli.errors import DeviceError, OutOfMemory
+
 log = logging.getLogger(__name__)
-
-
-class DeviceError(RuntimeError):
-    """The requested device is not available."""
-
 
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` = CUDA when present, else CPU; `cuda` without a GPU is an error, never a silent CPU run."""
@@ -55,3 +52,17 @@ def deterministic(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
         if enabled and env_before is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+@contextlib.contextmanager
+def oom_hint(stage: str, batch_key: str, batch_size: int, fix: str | None = None) -> Iterator[None]:
+    """Turn a device out-of-memory error inside the block into roli.errors.OutOfMemory naming the batch size
+    (`batch_key`, e.g. data.batch_size) and how to fit (`fix`; default: lower it with --set)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        fix = fix or (f"lower {batch_key} (e.g. --set {batch_key}={max(1, batch_size // 2)}), use train.precision: "
+                      "bf16, or a smaller backbone or input_size; an interrupted run continues with `roli run "
+                      "--resume <run folder>`")
+        raise OutOfMemory(f"out of memory during {stage} with {batch_key}={batch_size} ({first}). Hint: {fix}") from e

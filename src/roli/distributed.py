@@ -67,7 +67,9 @@ def launched_by_torchrun() -> bool:
 def init(device: str = "auto", timeout_s: float = 1800) -> tuple[World, torch.device]:
     """Join the process group torchrun describes (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) once; returns
     this rank's world and device (cuda:LOCAL_RANK with NCCL when CUDA is used, else CPU with gloo)."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    from roli.device import pick_device
+
+    use_cuda = pick_device(device).type == "cuda"  # `cuda` without a GPU: a clear DeviceError
     if launched_by_torchrun() and not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))

@@ -18,6 +18,8 @@ import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
+from roli.errors import UnknownName
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 PLUGIN_GROUP = "roli.plugins"
@@ -71,7 +73,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         self._fill()
         if name not in self._entries:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose one of {self.names()}")
+            raise UnknownName(f"unknown {self.kind} {name!r}; choose one of {self.names()}")  # a KeyError too
         return self._entries[name]
 
     def names(self) -> list[str]:

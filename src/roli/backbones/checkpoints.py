@@ -1,11 +1,15 @@
-"""Safe checkpoint I/O: `weights_only=True` loads, strict key checks, atomic writes that never clobber."""
+"""Safe checkpoint I/O: `weights_only=True` loads, strict key checks, atomic writes that never clobber.
+
+A half-written file is never loaded as valid: files are written atomically (roli.files), and before loading, a zip
+checkpoint (torch.save's format) has its central directory and the CRC-32 of every record checked, so a truncated
+file or one with flipped bytes is a CheckpointError instead of silently wrong weights.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +19,47 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
-    """A weights file is missing, unreadable, unsafe, or does not fit the architecture."""
+from roli.errors import CheckpointError, OutputExists
+from roli.files import write_atomic
+
+__all__ = ["CheckpointError", "atomic_save", "extract_state_dict", "load_backbone_weights", "load_file", "save_new",
+           "verify_file"]
+
+
+def verify_file(path: Path) -> None:
+    """A zip checkpoint must be complete (its central directory is at the end) and every record must match its
+    CRC-32; other files (torch's legacy format, or not a checkpoint at all) are left to torch.load to judge."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    if magic != b"PK\x03\x04":
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or another format?): a torch "
+                              f"zip file whose end is missing ({e}); it was cut short, e.g. by a full disk or an "
+                              "interrupted copy") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or another format?): record "
+                              f"{bad!r} fails its CRC check, the file is corrupt; copy or download it again") from None
 
 
 def load_file(path: str | Path) -> Any:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist as a file (it is a folder); pass the path of a local "
+                              "weights file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a local weights file")
+    verify_file(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise CheckpointError(f"cannot read {path}: permission denied ({e.strerror or e})") from None
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
             raise CheckpointError(f"{path} is not a torch checkpoint (corrupt, or e.g. a saved HTML page): {e}") from None
@@ -71,24 +106,13 @@ def load_backbone_weights(net: nn.Module, state: dict[str, torch.Tensor], head: 
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """Write to a temp file in the same folder, then rename: a kill never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; keep the user's usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temp file in the same folder, flush it, then rename: a kill never leaves a half-written file, and
+    a failing write (disk full, permission denied: roli.errors.WriteError) leaves the previous file as it was."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_new(obj: Any, path: str | Path) -> None:
     """Save a file the user keeps (an export): refuse to overwrite an existing one."""
     if Path(path).exists():
-        raise FileExistsError(f"{path} exists; roli does not overwrite it. Choose another path or remove it.")
+        raise OutputExists(f"{path} exists; roli does not overwrite it. Choose another path or remove it.")
     atomic_save(obj, path)

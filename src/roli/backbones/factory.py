@@ -11,16 +11,13 @@ from torch import nn
 from roli.backbones.convert import load_checkpoint
 from roli.backbones.normalize import Classifier, PixelNormalize
 from roli.config import DROP_KNOBS, BackboneConfig
+from roli.errors import BackboneError
 from roli.registry import BACKBONES
 
 # A factory returns (net, defaults): defaults hold mean, std and optionally a packaged `checkpoint`.
 BackboneFactory = Callable[[BackboneConfig, int | None], tuple[nn.Module, dict[str, Any]]]
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-
-
-class BackboneError(ValueError):
-    """A backbone cannot be built as asked."""
 
 
 def drop_kwargs(cfg: BackboneConfig) -> dict[str, float]:
@@ -52,7 +49,8 @@ def _timm_factory(cfg: BackboneConfig, num_classes: int | None) -> tuple[nn.Modu
 def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weights: bool = True) -> Classifier:
     """The architecture with its normalisation; `load_weights=False` skips the pretrained file (the caller loads a
     full roli checkpoint instead, so `roli eval` works even if the original backbone file has moved)."""
-    if cfg.pretrained or (cfg.checkpoint or "").startswith(("hf-hub:", "http://", "https://", "timm/")):
+    hub = ("hf-hub:", "hf_hub:", "http://", "https://", "timm/")
+    if cfg.pretrained or (cfg.checkpoint or "").startswith(hub) or cfg.name.startswith(hub):
         raise BackboneError(
             "roli never downloads weights (and offline it cannot). Download the checkpoint yourself, then pass "
             "its local path: `backbone.checkpoint: /path/to/weights.pth` (or --set backbone.checkpoint=PATH)."

@@ -31,6 +31,10 @@ def _run(a: argparse.Namespace) -> int:
     if a.resume:
         if a.recipes:
             raise SystemExit("roli run: give either recipes or --resume DIR, not both")
+        if not (Path(a.resume) / "config.yaml").is_file():
+            from roli.errors import RunDirError
+            raise RunDirError(f"--resume {a.resume}: not a roli run folder (no config.yaml); pass the folder of the "
+                              "run (for a RoLI run: its stage-2 folder)")
         cfg = load_config(Path(a.resume) / "config.yaml", a.set)
         results = [run(cfg, resume=a.resume)]
         out = Path(a.resume).parent
@@ -57,8 +61,12 @@ def _eval(a: argparse.Namespace) -> int:
 
     from roli.config import ConfigError, parse_overrides
     from roli.evaluation.checkpoint import evaluate_checkpoint
+    from roli.files import atomic_write_text
 
     number = (lambda v: None if v is None else yaml.safe_load(v))  # "0.05" -> 0.05; "8/255" stays a fraction
+    if a.output and Path(a.output).exists():  # checked before evaluating: an earlier result is never overwritten
+        from roli.errors import OutputExists
+        raise OutputExists(f"--output {a.output} exists; roli does not overwrite results. Choose another file")
     if (a.aa or a.aa_state) and a.suite != "full" and a.attack != "autoattack":
         raise ConfigError("--aa and --aa-state apply to AutoAttack: use them with --suite full or --attack autoattack")
     result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
@@ -77,7 +85,7 @@ def _eval(a: argparse.Namespace) -> int:
         f"eval-{result['data']['name']}-{a.split}{suffix}.json")
     if out.exists() and not a.output:
         out = out.with_name(f"{out.stem}-{result['started'].replace(':', '')}.json")
-    out.write_text(text)
+    atomic_write_text(out, text)
     log.info("wrote %s", out)
     return 0
 
@@ -257,23 +265,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from roli.attacks.base import ATTACKS  # noqa: F401  (imports roli, which sets the hub offline first)
-    from roli.backbones import BackboneError
-    from roli.backbones.checkpoints import CheckpointError
-    from roli.config import ConfigError
-    from roli.data import DataError
-    from roli.device import DeviceError
-    from roli.evaluation.autoattack import StateMismatch
-    from roli.training.pipeline import RunDirError
-    from roli.training.trainer import TrainingFailed
-    from roli.transfer.heads import HeadError
+    from roli.errors import RoliError, one_line
+    from roli.version import __version__
 
+    # A RoliError (a user mistake or a fault of the machine: full disk, no GPU, out of memory) and an OSError from
+    # the file system are one line on stderr and exit 2; anything else is a bug in roli and keeps its traceback.
     try:
         return args.func(args)
-    except (ConfigError, BackboneError, CheckpointError, DataError, HeadError, RunDirError, TrainingFailed,
-            FileExistsError, KeyError, StateMismatch, DeviceError) as e:
-        print(f"roli {args.command}: error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    except (RoliError, OSError) as e:
+        print(f"roli {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"roli {args.command}: interrupted (an interrupted run continues with `roli run --resume <run folder>`)",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        e.add_note(f"This is a bug in roli {__version__} (`roli {args.command}`), not a mistake in your input: please "
+                   "report it with the command line and this traceback.")
+        raise
 
 
 if __name__ == "__main__":

@@ -12,11 +12,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from roli.config import DataConfig
+from roli.errors import DataError
 from roli.registry import DATASETS
-
-
-class DataError(ValueError):
-    """A dataset folder is missing, has the wrong layout, or holds an unreadable file."""
 
 
 class ImageTensors(Dataset):
@@ -51,8 +48,6 @@ class Splits:
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, name)
-
-
 
 
 def membership_hash(members) -> str:
@@ -131,6 +126,15 @@ def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_cla
     (e.g. the lazily loaded image files of roli.data.folder, whose membership is their relative paths).
     """
     parts = {"train": (train, cfg.train_limit), "val": (val, cfg.val_limit), "test": (test, cfg.test_limit)}
+    for k, (d, _) in parts.items():
+        labels = split_labels(d)
+        if len(labels) == 0:
+            raise DataError(f"{cfg.name} ({source}): the {k} split is empty; check data.root, data.split_file or "
+                            "the dataset's files")
+        bad = np.unique(labels[(labels < 0) | (labels >= num_classes)])
+        if len(bad):
+            raise DataError(f"{cfg.name} ({source}): {k} labels {bad[:5].tolist()} are outside 0..{num_classes - 1} "
+                            f"({num_classes} classes); the label files do not match the classes")
     out = {}
     for k, (d, lim) in parts.items():
         out[k] = d.subset(balanced_subset(split_labels(d), lim, cfg.split_seed, k)) if lim and lim < len(d) else d

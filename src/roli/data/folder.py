@@ -78,6 +78,9 @@ class ImageFiles(Dataset):
 def _check_image(path: Path) -> str | None:
     try:
         with Image.open(path) as im:
+            if im.mode.startswith(("I", "F")):  # PIL's RGB conversion clips 16/32-bit and float pixels to 0 or 255
+                return (f"mode {im.mode} (16/32-bit or float pixels) cannot become 8-bit RGB without losing the "
+                        "image; convert it to 8-bit first")
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG: decode at 1/8 scale, fast
             im.load()
     except _READ_ERRORS as e:
@@ -197,7 +200,11 @@ def class_folders(folder: Path) -> list[Path]:
 
 
 def list_images(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not names:  # a class no image teaches (or images with an extension roli does not read)
+        raise DataError(f"{folder}: class folder with no images (looked for {', '.join(IMAGE_EXTS)}); add its images "
+                        "or remove the folder")
+    return names
 
 
 def caltech_counts(n: int) -> list[int]:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -25,13 +23,11 @@ from roli.attacks.autoattack import AutoAttack, AutoAttackConfig
 from roli.attacks.base import attack_mode
 from roli.config import ThreatConfig, to_dict
 from roli.distributed import broadcast, gather, world
+from roli.errors import ResultsError, StateMismatch
+from roli.files import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "roli-autoattack-state/1"
-
-
-class StateMismatch(ValueError):
-    """The state file belongs to another model, data order or attack configuration."""
 
 
 def _digest(*tensors: torch.Tensor) -> str:
@@ -53,8 +49,11 @@ class EvaluationState:
         self.chunks: list[dict] = []  # [{"digest": str, "flags": {"clean" | sub-attack: [bool, ...]}}]
         self.resumed = path is not None and path.is_file()
         if self.resumed:
-            saved = json.loads(path.read_text())
-            if saved.get("format") != STATE_FORMAT:
+            try:
+                saved = read_json(path, "AutoAttack state file")
+            except ResultsError as e:
+                raise StateMismatch(f"{e}; delete it to evaluate from the start") from None
+            if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
                 raise StateMismatch(f"{path} is not a roli AutoAttack state file")
             if saved["key"] != key:
                 raise StateMismatch(f"{path} was written for another model or attack configuration; delete it "
@@ -73,10 +72,9 @@ class EvaluationState:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps({"format": STATE_FORMAT, "key": self.key, "seed": self.seed, "chunks": self.chunks}))
-        os.replace(tmp, self.path)  # atomic: a kill leaves the old or the new state, never half a file
+        # atomic: a kill leaves the old or the new state, never half a file
+        atomic_write_json(self.path, {"format": STATE_FORMAT, "key": self.key, "seed": self.seed,
+                                      "chunks": self.chunks}, indent=None)
 
 
 def _verify(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, cfg: ThreatConfig,

@@ -19,7 +19,7 @@ from roli.evaluation.suite import SUITES, Suite, library_versions, run_suite
 from roli.transfer import build_transfer
 from roli.transfer.state import load_trained_state
 from roli import distributed
-from roli.device import device_name, pick_device
+from roli.device import device_name, oom_hint, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     if aa_state is None and "autoattack" in plan.attacks:
         key = config_hash(configs["autoattack"], threat, data_cfg, split)[:10]
         aa_state = Path(path).with_name(f"autoattack-{data_cfg.name}-{split}-{key}.state.json")
-    out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed)
+    with oom_hint("evaluation", "data.eval_batch_size", data_cfg.eval_batch_size,
+                  "evaluate on the CPU (--device cpu) or free GPU memory; the batch size is the run's"):
+        out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed)
     return {"checkpoint": str(path), "started": started, "suite": suite, "data": {**splits.info, "split": split},
             "attack": to_dict(atk_cfg), **out, "versions": library_versions(),
             "device": device_name(dev), "threads": torch.get_num_threads(), "world_size": w.size}

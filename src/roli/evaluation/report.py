@@ -12,7 +12,9 @@ import json
 import logging
 from pathlib import Path
 
+from roli.errors import ResultsError
 from roli.evaluation.checks import check_ordering
+from roli.files import atomic_write_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -121,31 +123,42 @@ def collect(run_dirs: list[Path]) -> list[dict]:
     the run's test split and threat model; other AutoAttack JSONs are listed under `aa_ignored`."""
     rows = []
     for d in run_dirs:
-        res = json.loads((Path(d) / "results.json").read_text())
-        if res.get("status") != "complete":
+        path = Path(d) / "results.json"
+        res = read_json(path, "results.json")
+        if not isinstance(res, dict) or res.get("status") != "complete":
             continue
-        cfg = res["config"]
-        norm, eps = threat = run_threat(res)
-        evals = eval_results(d)
-        aa = _best(evals, "autoattack", threat, cfg["data"]["name"])
-        ignored = [_describe(e, "autoattack") for e in evals if _has(e, "autoattack")
-                   and not on_threat(e, threat, cfg["data"]["name"], "autoattack")]
-        for i in ignored:
-            log.log(logging.INFO if aa else logging.WARNING,
-                    "report: %s: ignoring AutoAttack in %s (%s %s, %s): the run is %s eps %s on its %s test split",
-                    Path(d).name, i["file"], i["data"], i["split"], i["threat"], norm, _eps(eps), cfg["data"]["name"])
-        aa_res = aa["results"]["autoattack"] if aa else {}
-        rows.append({
-            "run": Path(d).name, "method": res["method"], "init": res["init"], "backbone": cfg["backbone"]["name"],
-            "data": cfg["data"]["name"], "norm": norm, "eps": eps,
-            "selected_epoch": res["selected_epoch"], "val_clean": res["best_val"]["clean"],
-            "val_robust": res["best_val"]["robust"], "test_clean": res["test"]["clean"],
-            "test_pgd": res["test"]["pgd"], "test_aa": aa_res.get("acc"),
-            "seconds": res["seconds"], "pgd_steps": res["test"]["attack"]["steps"], "n_test": res["test"]["n"],
-            "aa_n": aa_res.get("n"), "aa_version": _aa_version(aa) if aa else None,
-            "aa_seconds": aa_res.get("seconds"), "aa_file": aa["file"] if aa else None, "aa_ignored": ignored,
-        })
+        try:
+            rows.append(_row(Path(d), res))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"key {e.args[0]!r} is missing" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise ResultsError(f"{path}: not a complete roli results.json ({what}); was it written by another tool "
+                               "or edited? Move it out of the folders given to the report") from None
     return rows
+
+
+def _row(d: Path, res: dict) -> dict:
+    """The report row of one complete run."""
+    cfg = res["config"]
+    norm, eps = threat = run_threat(res)
+    evals = eval_results(d)
+    aa = _best(evals, "autoattack", threat, cfg["data"]["name"])
+    ignored = [_describe(e, "autoattack") for e in evals if _has(e, "autoattack")
+               and not on_threat(e, threat, cfg["data"]["name"], "autoattack")]
+    for i in ignored:
+        log.log(logging.INFO if aa else logging.WARNING,
+                "report: %s: ignoring AutoAttack in %s (%s %s, %s): the run is %s eps %s on its %s test split",
+                Path(d).name, i["file"], i["data"], i["split"], i["threat"], norm, _eps(eps), cfg["data"]["name"])
+    aa_res = aa["results"]["autoattack"] if aa else {}
+    return {
+        "run": Path(d).name, "method": res["method"], "init": res["init"], "backbone": cfg["backbone"]["name"],
+        "data": cfg["data"]["name"], "norm": norm, "eps": eps,
+        "selected_epoch": res["selected_epoch"], "val_clean": res["best_val"]["clean"],
+        "val_robust": res["best_val"]["robust"], "test_clean": res["test"]["clean"],
+        "test_pgd": res["test"]["pgd"], "test_aa": aa_res.get("acc"),
+        "seconds": res["seconds"], "pgd_steps": res["test"]["attack"]["steps"], "n_test": res["test"]["n"],
+        "aa_n": aa_res.get("n"), "aa_version": _aa_version(aa) if aa else None,
+        "aa_seconds": aa_res.get("seconds"), "aa_file": aa["file"] if aa else None, "aa_ignored": ignored,
+    }
 
 
 def _eps(v: float) -> str:
@@ -242,7 +255,7 @@ def scatter(rows: list[dict], path: Path) -> None:
     ax.set_title("RanLI (o) vs RoLI (*)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -263,7 +276,7 @@ def eps_curves(sweeps: dict[str, dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -287,7 +300,7 @@ def val_curves(histories: dict[str, list[dict]], selected: dict[str, int], path:
     axes[0].set_ylabel("accuracy (%)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -295,24 +308,27 @@ def _html(text: str, out: Path, pngs: list[str]) -> None:
     """report.md's text in <pre>, the PNGs embedded: one file to mail or attach."""
     imgs = "".join(f'<p><img alt="{p}" src="data:image/png;base64,{base64.b64encode((out / p).read_bytes()).decode()}">'
                    "</p>" for p in pngs)
-    (out / "report.html").write_text(f"<!doctype html><meta charset='utf-8'><title>roli report</title>"
-                                     f"<pre>{html.escape(text)}</pre>{imgs}\n")
+    atomic_write_text(out / "report.html", f"<!doctype html><meta charset='utf-8'><title>roli report</title>"
+                                           f"<pre>{html.escape(text)}</pre>{imgs}\n")
 
 
 def write_report(out: Path, run_dirs: list[Path]) -> Path:
     """Write report.md, report.csv, the PNG plots and report.html into `out` (derived files, regenerated)."""
     out = Path(out)
+    rows = collect(run_dirs)  # first: an unreadable results.json leaves the previous report as it was
     out.mkdir(parents=True, exist_ok=True)
     for stale in [*PLOTS.values(), "report.csv", "report.html"]:
         (out / stale).unlink(missing_ok=True)
-    rows = collect(run_dirs)
     text = "# roli report\n\n" + (markdown(rows) if rows else "No complete runs.\n")
     pngs = []
     if rows:
-        with open(out / "report.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows({**r, "aa_ignored": ";".join(i["file"] for i in r["aa_ignored"])} for r in rows)
+        def write_csv(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows({**r, "aa_ignored": ";".join(i["file"] for i in r["aa_ignored"])} for r in rows)
+
+        write_atomic(out / "report.csv", write_csv)
         dirs = {Path(d).name: Path(d) for d in run_dirs}
         scatter(rows, out / PLOTS["scatter"])
         pngs.append(PLOTS["scatter"])
@@ -322,7 +338,7 @@ def write_report(out: Path, run_dirs: list[Path]) -> Path:
             eps_curves(sweeps, out / PLOTS["eps"])
             pngs.append(PLOTS["eps"])
         histories = {r["run"]: h for r in rows
-                     if (h := json.loads((dirs[r["run"]] / "results.json").read_text()).get("history"))}
+                     if (h := read_json(dirs[r["run"]] / "results.json", "results.json").get("history"))}
         if histories:
             val_curves(histories, {r["run"]: r["selected_epoch"] for r in rows}, out / PLOTS["curves"])
             pngs.append(PLOTS["curves"])
@@ -331,5 +347,5 @@ def write_report(out: Path, run_dirs: list[Path]) -> Path:
         text += "\n" + "".join(f"![{captions[p]}]({p})\n" for p in pngs)
         text += "\n" + sanity(rows, run_dirs)
         _html(text, out, pngs)
-    (out / "report.md").write_text(text)
+    atomic_write_text(out / "report.md", text)
     return out / "report.md"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import torch
@@ -15,6 +16,8 @@ from roli.attacks.base import Attack
 from roli.config import TrainConfig
 from roli.distributed import all_finite, sum_over_ranks, world
 from roli.transfer.base import set_train_mode
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -33,7 +36,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     set_train_mode(model, True)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
+    skipped = 0
     for i, (x, y) in enumerate(bar):
+        batch = i + 1
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         shard = shards[i] if shards is not None else None
         if attack is not None:
@@ -44,8 +49,19 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
                 loss = F.cross_entropy(logits.float(), y)
             else:  # DDP averages the ranks' gradients: scale so that the step is the global batch's mean
                 loss = F.cross_entropy(logits.float(), y, reduction="sum") * (w.size / shard.size)
-        if not all_finite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, batch {n // len(y) + 1}")
+        if not all_finite(loss):  # decided together: one rank stopping alone would leave the others waiting
+            where = f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}" + \
+                (f" of {len(loader)}" if hasattr(loader, "__len__") else "")
+            skipped += 1
+            if cfg.on_nonfinite == "stop":
+                raise NonFiniteLoss(where)
+            if skipped > cfg.max_skipped_batches:
+                raise NonFiniteLoss(f"{where}: more non-finite batches than train.max_skipped_batches allows "
+                                    f"({cfg.max_skipped_batches} left for this run)")
+            log.warning("%s: batch skipped (train.on_nonfinite: skip)", where)
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()  # the schedule keeps its place in the epoch
+            continue
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -58,5 +74,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         bar.set_postfix(loss=f"{total_loss / n:.3f}", acc=f"{100 * correct / n:.1f}")
     secs = time.perf_counter() - t0
     total_loss, correct, n = sum_over_ranks([total_loss, correct, n], device)
+    if n == 0:
+        raise NonFiniteLoss(f"every batch of epoch {epoch + 1} had a non-finite loss")
     return {"train_loss": total_loss / n, "train_acc": 100.0 * correct / n, "train_seconds": round(secs, 2),
-            "train_images_per_s": round(n / secs, 1)}
+            "train_images_per_s": round(n / secs, 1), "skipped_batches": skipped}

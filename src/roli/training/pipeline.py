@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import sys
@@ -27,11 +26,14 @@ from roli.attacks import build_attack
 from roli.backbones import build_model
 from roli.backbones.checkpoints import load_file
 from roli.backbones.convert import sha256sum
-from roli.config import BackboneConfig, Config, TransferConfig, config_hash, dump_config, to_dict
-from roli.device import deterministic, device_name, pick_device
+from roli.config import (BackboneConfig, Config, ConfigError, TransferConfig, config_hash, dump_config, load_config,
+                         to_dict)
+from roli.device import deterministic, device_name, oom_hint, pick_device
 from roli.backbones.custom import from_module, module_digest
-from roli.data import DataError, Splits, build_data, make_loader
+from roli.data import DataError, Splits, build_data
 from roli.data.custom import from_datasets
+from roli.errors import ResultsError, RunDirError
+from roli.files import atomic_write_json, discard_unstarted, read_json
 from roli.evaluation.accuracy import evaluate
 from roli import distributed
 from roli.training.trainer import TrainingFailed, fit, seed_everything
@@ -41,10 +43,6 @@ from roli.transfer.state import load_trained_state
 from roli.version import versions
 
 log = logging.getLogger(__name__)
-
-
-class RunDirError(FileExistsError):
-    """A run folder would be overwritten, or a resume folder is not a roli run."""
 
 
 def stage1_config(cfg: Config) -> Config:
@@ -121,21 +119,39 @@ def new_run_dir(out: Path, name: str) -> Path:
 
 def read_results(run_dir: Path) -> dict | None:
     path = run_dir / "results.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "results.json") if path.is_file() else None
 
 
 def find_stage1(out: Path, key: str) -> Path | None:
     for res_path in sorted(out.glob("*/results.json")):
-        res = json.loads(res_path.read_text())
-        if res.get("stage1_key") == key and res.get("status") == "complete":
+        try:
+            res = read_json(res_path, "results.json")
+        except ResultsError as e:  # a damaged results.json elsewhere in the folder is not this stage 1
+            log.warning("RoLI stage 1: skipping %s", e)
+            continue
+        if isinstance(res, dict) and res.get("stage1_key") == key and res.get("status") == "complete":
             return res_path.parent
     return None
 
 
 def _write_results(run_dir: Path, results: dict) -> None:
-    tmp = run_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, run_dir / "results.json")
+    atomic_write_json(run_dir / "results.json", results)
+
+
+# Settings a resumed run may change: where and how fast it computes, not what it computes.
+RESUMABLE_CHANGES = {"run.threads", "run.device", "run.name", "run.keep_resume_state", "data.num_workers",
+                     "data.root"}
+
+
+def check_same_config(cfg: Config, run_dir: Path) -> None:
+    """A run resumes only with the settings it was made with (config.yaml), but for RESUMABLE_CHANGES."""
+    saved = to_dict(load_config(run_dir / "config.yaml"))
+    now = to_dict(cfg)
+    diff = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}" for s in now for k, v in now[s].items()
+            if f"{s}.{k}" not in RESUMABLE_CHANGES and saved.get(s, {}).get(k) != v]
+    if diff:
+        raise ConfigError(f"{run_dir} was made with different settings ({'; '.join(diff[:5])}); resume it with its "
+                          "own config.yaml (no --set), or start a new run")
 
 
 def ensure_stage1(cfg: Config, out: Path, custom: Custom | None = None) -> tuple[Path, dict]:
@@ -175,6 +191,7 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
+        check_same_config(cfg, run_dir)
         done = read_results(run_dir)
         if done and done.get("status") == "complete":  # its resume state is gone (unless run.keep_resume_state)
             log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
@@ -191,7 +208,11 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         run_dir = distributed.broadcast(
             new_run_dir(out, name or cfg.run.name or f"{cfg.transfer.name}-{cfg.transfer.init}") if w.is_main else None)
     if resume is None and w.is_main:
-        dump_config(cfg, run_dir / "config.yaml")
+        try:
+            dump_config(cfg, run_dir / "config.yaml")
+        except BaseException:
+            discard_unstarted(run_dir)
+            raise
     # the run's own log (rank 0), appended to on resume
     handler = logging.FileHandler(run_dir / "train.log") if w.is_main else logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -199,6 +220,12 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     try:
         with deterministic(cfg.run.deterministic):  # scoped: a sweep's next cell starts from the default again
             return _train_and_test(cfg, run_dir, resume is not None, stage1, recipe, t0, custom)
+    except BaseException:
+        # Failed before its results.json (data, model or method could not be set up): a new run's folder is removed,
+        # so that nobody (a sweep) mistakes it for resumable work.
+        if resume is None and w.is_main and not (run_dir / "results.json").exists() and discard_unstarted(run_dir):
+            log.info("removed %s: the run failed before training started", run_dir)
+        raise
     finally:
         logging.getLogger("roli").removeHandler(handler)
         handler.close()
@@ -243,8 +270,9 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     best = load_file(run_dir / "best.pt")
     load_trained_state(model, best["model"], run_dir / "best.pt")  # lean: on top of the same frozen backbone
     test_attack = cfg.eval.attack
-    test = evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                    {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
+    with oom_hint("test evaluation", "data.eval_batch_size", cfg.data.eval_batch_size):
+        test = evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
+                        {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
     results.update(
         status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
         best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},

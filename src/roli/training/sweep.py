@@ -14,8 +14,8 @@ in the grid, else COST below). The estimates are assumptions, not measurements.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from roli.config import AttackConfig, Config, ConfigError, dump_config, load_config, to_dict
+from roli.errors import ResultsError, RunDirError
+from roli.files import TEMP_SUFFIX, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,12 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: grid file not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f"{path}: not a readable YAML grid ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a grid must be a mapping with `recipe:` and `axes:`")
     unknown = [k for k in data if k not in GRID_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown}; valid keys are {list(GRID_KEYS)}")
@@ -73,6 +80,19 @@ def load_grid(path: str | Path) -> Grid:
     seeds = data.get("seeds")
     if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"{path}: seeds must be a list of integers, got {seeds!r}")
+    used = set(re.findall(r"{(\w+)", data["recipe"]))
+    unused = [k for k in axes if k not in used]
+    if unused:
+        raise ConfigError(f"{path}: axis/axes {unused} do not appear in the recipe template {data['recipe']!r} "
+                          f"(which uses {sorted(used)}); every axis must pick a recipe file")
+    rules = data.get("exclude") or []
+    for rule in rules if isinstance(rules, list) else [rules]:
+        if not isinstance(rule, dict) or not rule or any(k not in axes for k in rule):
+            raise ConfigError(f"{path}: exclude rule {rule!r} must map axis names {list(axes)} to values; an unknown "
+                              "axis would silently exclude nothing")
+    overrides = data.get("set") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"{path}: `set:` must be a list of KEY=VALUE strings, got {overrides!r}")
     cost = {**COST, **(data.get("cost") or {})}
     return Grid(path, data["recipe"], axes, seeds, list(data.get("exclude") or []), list(data.get("set") or []),
                 data.get("out") or "runs/sweep", cost)
@@ -195,7 +215,10 @@ def cell_status(out: Path, cell: Cell) -> str:
     run_dir = out / cell.name
     res = run_dir / "results.json"
     if res.is_file():
-        status = json.loads(res.read_text()).get("status")
+        try:
+            status = read_json(res, "results.json").get("status")
+        except (ResultsError, AttributeError):  # damaged: resuming the run rewrites it
+            status = None
         if status in ("complete", "failed"):
             return status
     return "partial" if (run_dir / "config.yaml").is_file() else "todo"
@@ -235,8 +258,14 @@ def run_cell(cell: Cell, cfg: Config, out: Path, nproc: int = 1) -> dict:
         if nproc > 1:
             return torchrun_cell(cell, cfg, out, nproc, resume=True)
         return run(cfg, resume=run_dir, recipe=str(cell.recipe))
-    if run_dir.exists() and not any(run_dir.iterdir()):
-        run_dir.rmdir()  # an empty folder left by a kill right after it was made
+    if run_dir.exists():
+        # A folder without config.yaml: a kill right after it was made (empty, or a temp file of config.yaml).
+        left = list(run_dir.iterdir())
+        if any(not (p.name.startswith(".") and p.name.endswith(TEMP_SUFFIX)) for p in left):
+            raise RunDirError(f"{run_dir} exists but is not a roli run (no config.yaml); move it away to run the cell")
+        for p in left:
+            p.unlink()
+        run_dir.rmdir()
     if nproc > 1:
         return torchrun_cell(cell, cfg, out, nproc, resume=False)
     return run(cfg, out=out, name=cell.name, recipe=str(cell.recipe))
@@ -309,8 +338,7 @@ def run_sweep(p: Plan, nproc: int = 1) -> dict[str, list[str]]:
             log.error("sweep: %s failed: %s: %s", cell.name, type(e).__name__, e)
             outcome["failed"].append(f"{cell.name}: {type(e).__name__}: {e}")
     status_file = p.out / f"sweep-shard{p.shard[0]}of{p.shard[1]}.json"
-    p.out.mkdir(parents=True, exist_ok=True)
-    status_file.write_text(json.dumps({"grid": str(p.grid.path), "shard": list(p.shard), **outcome}, indent=2))
+    atomic_write_json(status_file, {"grid": str(p.grid.path), "shard": list(p.shard), **outcome})
     return outcome
 
 

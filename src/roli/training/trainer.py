@@ -6,6 +6,7 @@ file (roli.transfer.state); `run.standalone_best: true` makes best.pt hold the w
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from roli.backbones.checkpoints import atomic_save, load_file
 from roli.backbones.normalize import Classifier
 from roli.config import Config, to_dict
 from roli.data.base import Splits
+from roli.device import oom_hint
+from roli.errors import TrainingFailed
 from roli.evaluation.accuracy import evaluate
 from roli.distributed import barrier, check_batch, data_parallel, global_batches, sharded_loader, world
 from roli.training.loop import NonFiniteLoss, train_one_epoch
@@ -28,10 +31,6 @@ from roli.transfer.state import check_backbone, load_trained_state, model_payloa
 
 log = logging.getLogger(__name__)
 SELECT_KEY = {"robust": "val_robust", "clean": "val_clean", "last": "epoch"}
-
-
-class TrainingFailed(RuntimeError):
-    """Training stopped (non-finite loss); the last good checkpoint is kept."""
 
 
 def seed_everything(seed: int) -> None:
@@ -126,15 +125,23 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         loader = sharded_loader(splits.train, cfg.data.batch_size, shuffle=True, seed=seed * 1000 + epoch,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         lr_start = optimizer.param_groups[0]["lr"]  # the LR of the epoch's first step
+        # on_nonfinite: skip: the run-wide allowance of skipped batches left for this epoch
+        left = train_cfg.max_skipped_batches - sum(r.get("skipped_batches", 0) for r in history)
+        epoch_cfg = train_cfg if left == train_cfg.max_skipped_batches else \
+            dataclasses.replace(train_cfg, max_skipped_batches=max(left, 0))
         try:
-            stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, train_cfg, epoch,
-                                    step_model=step_model)
+            with oom_hint(f"training (epoch {epoch + 1})", "data.batch_size", cfg.data.batch_size):
+                stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, epoch_cfg, epoch,
+                                        step_model=step_model)
         except NonFiniteLoss as e:
             raise TrainingFailed(
                 f"{e}. Training stopped; the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. "
-                "Lower train.lr, set train.grad_clip, or check the data."
+                "Lower train.lr, set train.grad_clip, or check the data"
+                + ("." if train_cfg.on_nonfinite == "skip" else
+                   "; or set train.on_nonfinite: skip to skip such batches (up to train.max_skipped_batches).")
             ) from None
-        val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack})
+        with oom_hint(f"validation (epoch {epoch + 1})", "data.eval_batch_size", cfg.data.eval_batch_size):
+            val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack})
         row = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"], **stats,
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}

@@ -8,14 +8,11 @@ from torch import nn
 
 from roli.backbones.normalize import Classifier
 from roli.config import TransferConfig
+from roli.errors import UnsupportedBackbone
 from roli.registry import TRANSFER
 
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-class UnsupportedBackbone(ValueError):
-    """A transfer method cannot adapt this backbone; the message names the backbones it supports."""
 
 
 class TransferMethod:

@@ -10,10 +10,7 @@ from torch import nn
 from roli.backbones.checkpoints import load_file
 from roli.backbones.normalize import Classifier
 from roli.config import TransferConfig
-
-
-class HeadError(ValueError):
-    """A RoLI head does not fit the stage-2 model."""
+from roli.errors import HeadError
 
 
 def init_ranli(model: Classifier, config: TransferConfig) -> None:
