@@ -16,6 +16,7 @@ from roli.data import build_data, make_loader
 from roli.evaluation.suite import SUITES, Suite, library_versions, run_suite
 from roli.transfer import build_transfer
 from roli.device import device_name, pick_device
+from roli.precision import resolve
 
 
 def load_model(path: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, Config]:
@@ -46,16 +47,19 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
                         eps: float | str | None = None, norm: str | None = None, steps: int | None = None,
                         step_size: float | str | None = None, limit: int | None = None, data_root: str | None = None,
                         suite: str | None = None, aa: Mapping | None = None, aa_state: str | Path | None = None,
-                        device: str = "auto") -> dict:
+                        device: str = "auto", precision: str = "fp32", early_stop: bool = True) -> dict:
     """Clean and attacked accuracy, sanity checks and versions.
 
     The threat model is the run's (`threat` in its config) unless `eps`/`norm` override it. Without `suite`: clean +
     the run's validation attack (or `attack`), with its settings overridable. With `suite` (quick | full | sweep):
     the suite's attacks (see `suite_configs`). AutoAttack keeps resumable state in `aa_state` (default: a file
-    beside the checkpoint named by its settings). `device`: auto (CUDA when present) | cpu | cuda.
+    beside the checkpoint named by its settings). `device`: auto (CUDA when present) | cpu | cuda. `precision`:
+    fp32 (default, whatever the run trained in) | bf16 | fp16 for PGD/FGSM and the clean pass (`roli.precision`).
+    `early_stop`: PGD/FGSM stop attacking broken examples (the same accuracy; False = the plain loop).
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     dev = pick_device(device)
+    prec = resolve(precision, dev, "--precision")
     model, cfg = load_model(path, dev)
     threat_over = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
     threat = from_dict(ThreatConfig, {**to_dict(cfg.threat), **threat_over}, "--eps/--norm")
@@ -82,7 +86,8 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     if aa_state is None and "autoattack" in plan.attacks:
         key = config_hash(configs["autoattack"], threat, data_cfg, split)[:10]
         aa_state = Path(path).with_name(f"autoattack-{data_cfg.name}-{split}-{key}.state.json")
-    out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed)
+    out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed, precision=prec,
+                    early_stop=early_stop)
     return {"checkpoint": str(path), "started": started, "suite": suite, "data": {**splits.info, "split": split},
             "attack": to_dict(atk_cfg), **out, "versions": library_versions(),
             "device": device_name(dev), "threads": torch.get_num_threads()}

@@ -1,8 +1,10 @@
-"""One epoch of PGD adversarial training (Madry et al.): the whole batch is replaced by adversarial examples."""
+"""One epoch of PGD adversarial training (Madry et al.): the whole batch is replaced by adversarial examples.
+
+`precision` (roli.precision) autocasts the training step's forward (the training attack carries its own, normally
+the same); the loss is fp32; fp16 steps go through a GradScaler."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import torch
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 
 from roli.attacks.base import Attack
 from roli.config import TrainConfig
+from roli.precision import Precision, resolve
 from roli.transfer.base import set_train_mode
 
 
@@ -21,27 +24,39 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
-                    attack: Attack | None, cfg: TrainConfig, epoch: int) -> dict:
+                    attack: Attack | None, cfg: TrainConfig, epoch: int, *, precision: Precision | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict:
+    """`precision`: resolved by the caller (default: `cfg.precision` resolved here). `scaler`: the run's GradScaler
+    for fp16, kept across epochs by the caller (default: a fresh one when fp16)."""
     device = next(model.parameters()).device
+    precision = precision or resolve(cfg.precision, device, "train.precision")
+    scaler = scaler if scaler is not None else precision.grad_scaler()
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
     set_train_mode(model, True)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if attack is not None:
             x = attack(model, x, y)  # eval mode, input gradients only; train mode restored afterwards
-        with amp:
+        with precision.autocast():
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch + 1}, batch {n // len(y) + 1}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+        else:  # fp16: scaled backward; a step with inf/NaN gradients is skipped and the scale lowered
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()

@@ -26,6 +26,7 @@ from roli.config import BackboneConfig, Config, TransferConfig, config_hash, dum
 from roli.device import deterministic, device_name, pick_device
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import evaluate
+from roli.precision import run_precision
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
@@ -141,6 +142,7 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
                     t0: float) -> dict:
     device = pick_device(cfg.run.device)
+    precision = run_precision(cfg, device, warn=False)  # fp16 on a CPU fails here, before any work; fit() warns
     torch.set_num_threads(cfg.run.threads or os.cpu_count() or 1)
     seed_everything(cfg.run.seed)
     splits = build_data(cfg.data)
@@ -158,7 +160,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
         "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
-        "backbone": backbone_report,
+        "backbone": backbone_report, "precision": precision.to_dict(),
     }
     _write_results(run_dir, results)
     try:
@@ -170,12 +172,14 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     model.load_state_dict(best["model"])
     test_attack = cfg.eval.attack
     test = evaluate(model, make_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                    {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
+                    {"clean": None, "pgd": build_attack(test_attack, cfg.threat, precision.eval)},
+                    early_stop=cfg.eval.early_stop)
     results.update(
         status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
         best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
         test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
-              "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"]},
+              "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"],
+              "early_stop": cfg.eval.early_stop},
         seconds=round(time.perf_counter() - t0, 1),
     )
     _write_results(run_dir, results)

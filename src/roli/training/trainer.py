@@ -17,6 +17,7 @@ from roli.backbones.normalize import Classifier
 from roli.config import Config, to_dict
 from roli.data.base import Splits, make_loader
 from roli.evaluation.accuracy import evaluate
+from roli.precision import run_precision
 from roli.training.loop import NonFiniteLoss, train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler
 
@@ -72,8 +73,10 @@ class FitResult:
 
 def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: bool = False) -> FitResult:
     train_cfg, seed = cfg.train, cfg.run.seed
-    train_attack = build_attack(cfg.attack, cfg.threat) if train_cfg.adversarial else None
-    eval_attack = build_attack(cfg.eval.attack, cfg.threat)
+    precision = run_precision(cfg, next(model.parameters()).device)  # train.precision / eval.precision as they run
+    scaler = precision.train.grad_scaler()  # fp16 only
+    train_attack = build_attack(cfg.attack, cfg.threat, precision.train) if train_cfg.adversarial else None
+    eval_attack = build_attack(cfg.eval.attack, cfg.threat, precision.eval)
     val_loader = make_loader(splits.val, cfg.data.eval_batch_size, shuffle=False)
     steps_per_epoch = len(make_loader(splits.train, cfg.data.batch_size, shuffle=True))
     optimizer = build_optimizer(model, train_cfg)
@@ -88,6 +91,8 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         history, best, start = state["history"], state["best"], state["epoch"]
         log.info("resuming %s after epoch %d", run_dir, start)
     key = SELECT_KEY[cfg.eval.select]
@@ -97,13 +102,14 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
                              num_workers=cfg.data.num_workers)
         lr_start = optimizer.param_groups[0]["lr"]  # the LR of the epoch's first step
         try:
-            stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, train_cfg, epoch)
+            stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, train_cfg, epoch,
+                                    precision=precision.train, scaler=scaler)
         except NonFiniteLoss as e:
             raise TrainingFailed(
                 f"{e}. Training stopped; the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. "
                 "Lower train.lr, set train.grad_clip, or check the data."
             ) from None
-        val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack})
+        val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack}, early_stop=cfg.eval.early_stop)
         row = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"], **stats,
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}
@@ -116,5 +122,5 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
             atomic_save(model_checkpoint(model, cfg, {"epoch": epoch + 1, "val": row}), best_path)
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                     "history": history, "best": best}, ckpt_path)
+                     "history": history, "best": best, **({"scaler": scaler.state_dict()} if scaler else {})}, ckpt_path)
     return FitResult(history, best)
