@@ -177,7 +177,8 @@ class TrainConfig:
     adversarial: bool = True  # False = standard training (the non-robust baseline)
     # Autocast for the training attack's forward/backward *and* the training step (losses and the attack's step
     # arithmetic stay fp32). fp16 uses a gradient scaler and needs CUDA; bf16 on a CPU needs native bf16 (AVX-512
-    # BF16 or AMX), else roli falls back to fp32 with a warning (emulated bf16 is ~4x slower).
+    # BF16 or AMX), else roli falls back to fp32 with a warning (emulated bf16 is ~4x slower; ROLI_ALLOW_EMULATED_BF16=1
+    # forces it). results.json records the precision requested and used (roli.precision).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # A NaN/inf training loss: `stop` (TrainingFailed, the last good checkpoint kept), or `skip` the batch (no
     # optimiser step; counted in the history as skipped_batches) and stop once more than max_skipped_batches were
@@ -219,7 +220,9 @@ class EvalConfig:
     # Reported numbers are attacked in fp32 unless asked otherwise (bf16 is checked to within 0.5 points in tests).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # Stop attacking an example once it is misclassified: exact with per-example worst-case selection (it cannot
-    # become robust again), so the accuracy is unchanged and the cost follows the still-robust fraction.
+    # become robust again), so the accuracy is unchanged and the cost follows the still-robust fraction. An
+    # evaluation-time switch (validation, test), never applied to the training attack. With PGD `select: last` only
+    # the exact part applies: clean-misclassified examples and those broken by earlier restarts (PGD.evaluate).
     early_stop: bool = True
 
 

@@ -122,7 +122,7 @@ SCRIPT_ROBUST = [10.0, 30.0, 30.0]
 def test_selection_keeps_the_first_best_epoch_weights(fast_cfg, tmp_path, monkeypatch, select, expected):
     scores = iter(zip(SCRIPT_CLEAN, SCRIPT_ROBUST))
 
-    def scripted(model, loader, attacks):
+    def scripted(model, loader, attacks, **kwargs):
         clean, robust = next(scores)
         return {"clean": {"acc": clean, "n": 32, "seconds": 0.0}, "pgd": {"acc": robust, "n": 32, "seconds": 0.0}}
 
@@ -283,10 +283,10 @@ def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(fast_cfg, tmp_path
     def nan_cross_entropy(logits, y, *args, **kwargs):
         return F.cross_entropy(logits, y, *args, **kwargs) * float("nan")
 
-    def nan_from_epoch_2(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kw):
+    def nan_from_epoch_2(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kwargs):
         if epoch == 1:  # 0-based: the second epoch's training loss is NaN
             monkeypatch.setattr(loop, "F", types.SimpleNamespace(cross_entropy=nan_cross_entropy))
-        return real_epoch(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kw)
+        return real_epoch(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kwargs)
 
     monkeypatch.setattr(trainer, "train_one_epoch", nan_from_epoch_2)
     with pytest.raises(TrainingFailed) as e:

@@ -19,6 +19,7 @@ from torch import nn
 
 from roli.attacks.base import ATTACKS, Attack
 from roli.config import AttackConfig, ConfigError, ThreatConfig
+from roli.precision import Precision
 
 NORMS = {"linf": "Linf", "l2": "L2"}  # roli's norm names -> the package's
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -103,11 +104,14 @@ def _keep_tracer_and_rng(device: torch.device) -> Iterator[None]:
 @ATTACKS.register("autoattack")
 class AutoAttack(Attack):
     """`attack(model, x, y)` runs the whole configured AutoAttack on the batch and returns AA's x_adv
-    (clean x where no sub-attack succeeded). For DataLoaders use `roli.evaluation.autoattack.evaluate_autoattack`."""
+    (clean x where no sub-attack succeeded). For DataLoaders use `roli.evaluation.autoattack.evaluate_autoattack`.
+    It always runs in fp32 (the package's own forwards; its checks and DLR loss assume fp32 logits)."""
 
     config_cls = AutoAttackConfig
 
-    def __init__(self, config: AutoAttackConfig, threat: ThreatConfig) -> None:
+    def __init__(self, config: AutoAttackConfig, threat: ThreatConfig, precision: Precision | None = None) -> None:
+        if precision is not None and precision.used != "fp32":
+            raise ConfigError(f"AutoAttack runs in fp32 only, not {precision.used}: evaluate it with precision fp32")
         super().__init__(config, threat)
         _quiet_package_logger()
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roli.attacks.base import ATTACKS, Attack
+from roli.attacks.base import ATTACKS, Attack, Outcome, attack_mode
 from roli.config import AttackConfig, ThreatConfig
+from roli.precision import Precision
 from roli.threat import make_ball
 
 
@@ -68,6 +69,12 @@ class FGSMConfig(AttackConfig):
     trainable: ClassVar[bool] = True
 
 
+def _better(wrong: torch.Tensor, loss: torch.Tensor, best_wrong: torch.Tensor, best_loss: torch.Tensor) -> torch.Tensor:
+    """Per example, whether a candidate beats the current worst case: misclassified first (AutoAttack's worst case),
+    then the higher loss. A misclassified worst case is only ever replaced by another misclassified point."""
+    return (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+
+
 @ATTACKS.register("pgd")
 class PGD(Attack):
     """L-inf/L2 PGD. Keeps, per example, the iterate that misclassifies, else the one with the highest loss
@@ -84,10 +91,9 @@ class PGD(Attack):
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
 
         def keep(x_cand: torch.Tensor, logits: torch.Tensor) -> None:
-            # Misclassified first (AutoAttack's worst case), then the higher loss.
             loss = loss_fn(logits.detach().float(), y)
             wrong = logits.argmax(1) != y
-            better = (wrong & ~best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+            better = _better(wrong, loss, best_wrong, best_loss)
             best_x[better] = x_cand[better].detach()
             best_wrong[better], best_loss[better] = wrong[better], loss[better]
 
@@ -95,19 +101,85 @@ class PGD(Attack):
             x_adv = ball.random_init(x, getattr(self, "shard", None)) if cfg.random_start else x.clone()
             for _ in range(cfg.steps):
                 x_adv.requires_grad_(True)
-                logits = model(x_adv)
-                loss = loss_fn(logits, y)
-                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                logits = self.logits(model, x_adv)
+                grad = self.input_grad(loss_fn(logits, y), x_adv)
                 if cfg.select == "best":
                     keep(x_adv, logits)
                 x_adv = ball.project(ball.step(x_adv.detach(), grad, cfg.step_size), x)
             with torch.no_grad():
-                logits = model(x_adv)
+                logits = self.logits(model, x_adv)
             if cfg.select == "best" or cfg.restarts > 1:
                 keep(x_adv, logits)
             else:
                 best_x = x_adv
         return best_x
+
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, early_stop: bool = True,
+                 clean_logits: torch.Tensor | None = None, shard=None) -> Outcome:
+        """Per-example verdicts (`Outcome`) of this PGD, with the clean input as candidate 0 (it is in the ball, so a
+        misclassified clean input is never robust).
+
+        `early_stop`: attack only examples that are still robust. A misclassified example can never become robust
+        again (the worst case prefers misclassified points), so the verdicts, hence the robust accuracy, are exactly
+        those of `early_stop=False`, and the cost follows the still-robust fraction: examples misclassified clean
+        are not attacked; with `select: best` each step runs on the examples no iterate has broken yet (the batch is
+        indexed, so the forward/backward shrink); each restart runs only on the examples robust after all earlier
+        restarts. With `select: last` the in-restart early stop would not be exact (a later iterate can be correct
+        again), so there only the first two apply. The random starts are drawn for the whole batch in both modes, so
+        every example gets the same noise and the RNG stream is unchanged. The returned x_adv may differ between the
+        modes for broken examples, but it misclassifies in both. Exactness assumes a row's output does not depend on
+        the other rows in the batch (true for roli's models on CPU; kernels chosen by batch size could in principle
+        flip a borderline example).
+        """
+        self.precision.check_device(x.device)
+        cfg = self.config
+        ball = make_ball(self.threat.norm, self.threat.eps)
+        loss_fn = LOSSES[cfg.loss]
+        x = x.detach()
+        with attack_mode(model):
+            with torch.no_grad():
+                if clean_logits is None:
+                    clean_logits = self.logits(model, x)
+                clean_logits = clean_logits.detach()
+                clean = clean_logits.argmax(1) == y
+                best_x, best_wrong, best_loss = x.clone(), ~clean, loss_fn(clean_logits.float(), y)
+
+            def keep(idx: torch.Tensor, x_cand: torch.Tensor, logits: torch.Tensor) -> None:
+                y_i = y[idx]
+                loss = loss_fn(logits.detach().float(), y_i)
+                wrong = logits.argmax(1) != y_i
+                better = _better(wrong, loss, best_wrong[idx], best_loss[idx])
+                sel = idx[better]
+                best_x[sel] = x_cand[better].detach()
+                best_wrong[sel], best_loss[sel] = wrong[better], loss[better]
+
+            every = torch.arange(len(x), device=x.device)
+            per_step = early_stop and cfg.select == "best"
+            with torch.enable_grad():
+                for _ in range(cfg.restarts):
+                    # the whole batch (or global batch, under DDP): the same draws with and without early stop
+                    start = ball.random_init(x, shard) if cfg.random_start else x
+                    idx = every[~best_wrong] if early_stop else every
+                    if len(idx) == 0:
+                        continue
+                    x_adv, x_0, y_0 = start[idx], x[idx], y[idx]
+                    for _ in range(cfg.steps):
+                        x_adv.requires_grad_(True)
+                        logits = self.logits(model, x_adv)
+                        grad = self.input_grad(loss_fn(logits, y_0), x_adv)
+                        if cfg.select == "best":
+                            keep(idx, x_adv, logits)
+                        x_adv = ball.project(ball.step(x_adv.detach(), grad, cfg.step_size), x_0)
+                        if per_step:
+                            alive = ~best_wrong[idx]
+                            if not alive.all():
+                                idx, x_adv, x_0, y_0 = idx[alive], x_adv[alive], x_0[alive], y_0[alive]
+                            if len(idx) == 0:
+                                break
+                    if len(idx):
+                        with torch.no_grad():
+                            keep(idx, x_adv, self.logits(model, x_adv))
+        return Outcome(best_x, clean, ~best_wrong)
 
 
 @ATTACKS.register("fgsm")
@@ -116,6 +188,6 @@ class FGSM(PGD):
 
     config_cls = FGSMConfig
 
-    def __init__(self, config: FGSMConfig, threat: ThreatConfig) -> None:
-        Attack.__init__(self, config, threat)
+    def __init__(self, config: FGSMConfig, threat: ThreatConfig, precision: Precision | None = None) -> None:
+        Attack.__init__(self, config, threat, precision)
         self.config = PGDConfig(steps=1, step_size=threat.eps or 1.0, random_start=False, loss=config.loss)

@@ -72,7 +72,8 @@ def _eval(a: argparse.Namespace) -> int:
     result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
                                  norm=a.norm, steps=a.steps, step_size=number(a.step_size), limit=a.limit,
                                  data_root=a.data_root, suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state,
-                                 device=a.device, backbone=a.backbone)
+                                 device=a.device, backbone=a.backbone, precision=a.precision,
+                                 early_stop=a.early_stop)
     from roli.distributed import world
 
     if not world().is_main:  # under torchrun: rank 0 reports for all
@@ -223,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="a seeded, class-balanced subset of N examples")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = CUDA when present (default), else CPU")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast of PGD/FGSM and the clean pass (default fp32, whatever the run trained in; bf16 "
+                        "needs a GPU or a CPU with AVX-512 BF16/AMX, else falls back to fp32; fp16 needs CUDA)")
+    e.add_argument("--no-early-stop", dest="early_stop", action="store_false",
+                   help="attack every example for every step (the plain loop; the same accuracy, slower). Default: "
+                        "PGD/FGSM stop attacking an example once it is misclassified")
     e.add_argument("--suite", choices=["quick", "full", "sweep"], default=None,
                    help="quick: clean + PGD-10; full: clean + FGSM + PGD-10 + AutoAttack (standard); sweep: PGD "
                         "over eps x (0, 1/4, 1/2, 1, 2) and a large eps. Default: clean + the run's validation attack")

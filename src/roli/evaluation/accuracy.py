@@ -1,4 +1,11 @@
-"""Accuracy under no attack (inference mode) and under attacks (fp32, per batch) over a DataLoader."""
+"""Clean and robust accuracy over a DataLoader, in one pass per attack.
+
+Per batch: one clean forward (no gradients, under the attack's precision) gives the clean verdicts; the attack then
+starts from them (`Attack.evaluate`): with `early_stop` it never attacks an example that is already misclassified
+and stops attacking one as soon as it is broken, and it reports its per-example verdicts itself, so x_adv is not
+classified again. An example counts as robust when its clean input and every point the attack tried are classified
+correctly (a misclassified clean input is a point of the ball, so it is never robust).
+"""
 
 from __future__ import annotations
 
@@ -12,33 +19,78 @@ from tqdm.auto import tqdm
 
 from roli.attacks.base import Attack
 from roli.distributed import sum_over_ranks, world
+from roli.precision import FP32, Precision
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None, desc: str = "eval") -> dict:
-    """Top-1 accuracy (in %) with or without an attack, plus counts, seconds and images/s."""
-    device, correct, n, t0 = _device(model), 0, 0, time.perf_counter()
+def _rate(n: int, secs: float) -> float | None:
+    return round(n / secs, 1) if secs > 0 else None
+
+
+def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None, desc: str = "eval", *,
+             precision: Precision | None = None, early_stop: bool = True) -> dict:
+    """Top-1 accuracy (in %), plus counts, seconds and images/s.
+
+    Without an attack: clean accuracy under `precision` (default fp32). With one: robust accuracy under the attack's
+    own precision, with `clean` (the same pass's clean accuracy: acc, n, seconds of the clean forwards) and
+    `early_stop` (whether the attack skipped broken examples; see `Attack.evaluate`). `seconds` of an attack excludes
+    the clean forwards, so clean + attack seconds is the pass's time.
+    """
+    if attack is not None:
+        if precision is not None and precision != attack.precision:
+            raise ValueError(f"precision {precision.used} differs from the attack's {attack.precision.used}: the "
+                             "clean pass runs under the attack's precision")
+        precision = attack.precision
+    precision = precision or FP32
+    device, n, t0 = _device(model), 0, time.perf_counter()
+    correct = robust = 0
+    clean_secs = 0.0
     was_training = model.training
     shards = getattr(loader.batch_sampler, "shards", None) if world().distributed else None
     model.eval()
     try:
         for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
             x, y = x.to(device), y.to(device)
+            t_clean = time.perf_counter()
+            with torch.no_grad() if attack is not None else torch.inference_mode(), precision.autocast():
+                logits = model(x)
+            clean_secs += time.perf_counter() - t_clean
+            correct += (logits.argmax(1) == y).sum().item()
             if attack is not None:
-                x = attack(model, x, y, shard=shards[i] if shards else None)
-            with torch.inference_mode():
-                correct += (model(x).argmax(1) == y).sum().item()
+                logits = logits if logits.dtype == x.dtype else logits.to(torch.promote_types(logits.dtype, x.dtype))
+                robust += attack.evaluate(model, x, y, early_stop=early_stop, clean_logits=logits,
+                                          shard=shards[i] if shards else None).robust.sum().item()
             n += len(y)
     finally:
         model.train(was_training)
-    correct, n = (int(v) for v in sum_over_ranks([correct, n], device))  # exact counts over the ranks' shards
+    correct, robust, n = (int(v) for v in sum_over_ranks([correct, robust, n], device))  # exact counts over ranks
     secs = time.perf_counter() - t0
-    return {"acc": 100.0 * correct / max(n, 1), "n": n, "seconds": round(secs, 3), "images_per_s": round(n / secs, 1)}
+    if attack is None:
+        return {"acc": 100.0 * correct / max(n, 1), "n": n, "seconds": round(secs, 3), "images_per_s": _rate(n, secs)}
+    attack_secs = secs - clean_secs
+    return {"acc": 100.0 * robust / max(n, 1), "n": n, "seconds": round(attack_secs, 3),
+            "images_per_s": _rate(n, attack_secs), "early_stop": early_stop,
+            "clean": {"acc": 100.0 * correct / max(n, 1), "n": n, "seconds": round(clean_secs, 3),
+                      "images_per_s": _rate(n, clean_secs)}}
 
 
-def evaluate(model: nn.Module, loader: DataLoader, attacks: Mapping[str, Attack | None]) -> dict[str, dict]:
-    """`{"clean": None, "pgd": PGD(...)}` -> per-attack accuracy dicts."""
-    return {name: accuracy(model, loader, atk, desc=name) for name, atk in attacks.items()}
+def evaluate(model: nn.Module, loader: DataLoader, attacks: Mapping[str, Attack | None], *,
+             precision: Precision | None = None, early_stop: bool = True) -> dict[str, dict]:
+    """`{"clean": None, "pgd": PGD(...)}` -> per-attack accuracy dicts, in the given order.
+
+    "clean" is not a separate pass when an attack is given: it is the first attack's own clean forward (under that
+    attack's precision). `precision` applies to a clean-only evaluation. `early_stop`: see `Attack.evaluate`.
+    """
+    out: dict[str, dict] = {}
+    for name, atk in attacks.items():
+        if atk is not None:
+            out[name] = accuracy(model, loader, atk, desc=name, early_stop=early_stop)
+    clean = next((r["clean"] for r in out.values()), None)
+    for r in out.values():
+        r.pop("clean")
+    if any(atk is None for atk in attacks.values()) and clean is None:
+        clean = accuracy(model, loader, None, desc="clean", precision=precision)
+    return {name: out[name] if atk is not None else dict(clean) for name, atk in attacks.items()}

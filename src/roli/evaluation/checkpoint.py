@@ -20,6 +20,7 @@ from roli.transfer import build_transfer
 from roli.transfer.state import load_trained_state
 from roli import distributed
 from roli.device import device_name, oom_hint, pick_device
+from roli.precision import resolve
 
 log = logging.getLogger(__name__)
 
@@ -100,18 +101,22 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
                         eps: float | str | None = None, norm: str | None = None, steps: int | None = None,
                         step_size: float | str | None = None, limit: int | None = None, data_root: str | None = None,
                         suite: str | None = None, aa: Mapping | None = None, aa_state: str | Path | None = None,
-                        device: str = "auto", backbone: str | None = None) -> dict:
+                        device: str = "auto", backbone: str | None = None, precision: str = "fp32",
+                        early_stop: bool = True) -> dict:
     """Clean and attacked accuracy, sanity checks and versions.
 
     The threat model is the run's (`threat` in its config) unless `eps`/`norm` override it. Without `suite`: clean +
     the run's validation attack (or `attack`), with its settings overridable. With `suite` (quick | full | sweep):
     the suite's attacks (see `suite_configs`). AutoAttack keeps resumable state in `aa_state` (default: a file
     beside the checkpoint named by its settings). `device`: auto (CUDA when present) | cpu | cuda. `backbone`: the
-    backbone weights file of a lean checkpoint, when it has moved (see `load_model`).
+    backbone weights file of a lean checkpoint, when it has moved (see `load_model`). `precision`: fp32 (default,
+    whatever the run trained in) | bf16 | fp16 for PGD/FGSM and the clean pass (`roli.precision`). `early_stop`:
+    PGD/FGSM stop attacking broken examples (the same accuracy; False = the plain loop).
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     w, dev = distributed.init(device)  # under torchrun: each rank evaluates its shard, counts are summed
     dev = dev if w.distributed else pick_device(device)
+    prec = resolve(precision, dev, "--precision")
     model, cfg = load_model(path, dev, backbone=backbone)
     threat_over = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}
     threat = from_dict(ThreatConfig, {**to_dict(cfg.threat), **threat_over}, "--eps/--norm")
@@ -141,7 +146,8 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
         aa_state = Path(path).with_name(f"autoattack-{data_cfg.name}-{split}-{key}.state.json")
     with oom_hint("evaluation", "data.eval_batch_size", data_cfg.eval_batch_size,
                   "evaluate on the CPU (--device cpu) or free GPU memory; the batch size is the run's"):
-        out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed)
+        out = run_suite(model, loader, plan, configs, threat, aa_state=aa_state, seed=cfg.run.seed, precision=prec,
+                        early_stop=early_stop)
     return {"checkpoint": str(path), "started": started, "suite": suite, "data": {**splits.info, "split": split},
             "attack": to_dict(atk_cfg), **out, "versions": library_versions(),
             "device": device_name(dev), "threads": torch.get_num_threads(), "world_size": w.size}

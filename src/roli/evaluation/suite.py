@@ -2,6 +2,10 @@
 
 quick = clean + PGD-10; full = clean + FGSM + PGD-10 + AutoAttack; sweep = clean + PGD over an eps sweep
 (0, eps/4, eps/2, eps, 2 eps by default) plus one large eps, where accuracy should be ~0.
+
+PGD and FGSM run under the suite's `precision` (default fp32) and stop attacking broken examples (`early_stop`,
+exact: see `PGD.evaluate`); the clean accuracy comes from the first such attack's own clean pass. AutoAttack always
+runs in fp32 on its own evaluator.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from roli.config import AttackConfig, ThreatConfig, to_dict
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.autoattack import evaluate_autoattack
 from roli.evaluation.checks import check_ordering, check_sweep, model_checks
+from roli.precision import FP32, Precision
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +54,15 @@ SUITES: dict[str, Suite] = {
 
 
 def _attacked(model: nn.Module, loader: DataLoader, cfg: AttackConfig | None, threat: ThreatConfig,
-              state: Path | None) -> dict:
+              state: Path | None, precision: Precision = FP32, early_stop: bool = True) -> dict:
     if cfg is None:
-        return accuracy(model, loader, None, desc="clean")  # torch.inference_mode inside
-    return accuracy(model, loader, build_attack(cfg, threat), desc=cfg.name)
+        return accuracy(model, loader, None, desc="clean", precision=precision)  # torch.inference_mode inside
+    return accuracy(model, loader, build_attack(cfg, threat, precision), desc=cfg.name, early_stop=early_stop)
 
 
 def _autoattack(model: nn.Module, loader: DataLoader, cfg: AttackConfig, threat: ThreatConfig,
-                state: Path | None) -> dict:
+                state: Path | None, precision: Precision = FP32, early_stop: bool = True) -> dict:
+    """AutoAttack's own evaluator (fp32; it already attacks only the points still robust)."""
     res = evaluate_autoattack(model, loader, cfg, threat, state_path=state)
     res.pop("robust")  # per-point flags stay in the state file
     return res
@@ -74,7 +80,8 @@ def scaled(cfg: AttackConfig, threat: ThreatConfig, eps: float) -> tuple[AttackC
 
 
 def eps_sweep(model: nn.Module, loader: DataLoader, cfg: AttackConfig, threat: ThreatConfig,
-              factors: Sequence[float] = SWEEP_FACTORS, large_eps: float | None = None, seed: int = 0) -> list[dict]:
+              factors: Sequence[float] = SWEEP_FACTORS, large_eps: float | None = None, seed: int = 0, *,
+              precision: Precision = FP32, early_stop: bool = True) -> list[dict]:
     """Accuracy (%) under PGD `cfg` at threat.eps * factor for each factor, plus one large eps; sorted by eps."""
     if large_eps is None:
         large_eps = LARGE_EPS[threat.norm](next(iter(loader))[0])
@@ -82,43 +89,58 @@ def eps_sweep(model: nn.Module, loader: DataLoader, cfg: AttackConfig, threat: T
     for eps in sorted({threat.eps * f for f in factors} | {large_eps}):
         torch.manual_seed(seed)
         atk, atk_threat = scaled(cfg, threat, eps)
-        res = accuracy(model, loader, build_attack(atk, atk_threat), desc=f"eps {eps:.4g}")
+        res = accuracy(model, loader, build_attack(atk, atk_threat, precision), desc=f"eps {eps:.4g}",
+                       early_stop=early_stop)
         points.append({"eps": eps, "acc": res["acc"], "n": res["n"], "step_size": atk.step_size,
                        "seconds": res["seconds"], "large": eps == large_eps and eps > threat.eps * max(factors)})
     return points
 
 
 def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mapping[str, AttackConfig | None],
-              threat: ThreatConfig, aa_state: str | Path | None = None, seed: int = 0, sweep_factors: Sequence[float] = SWEEP_FACTORS
-              ) -> dict:
+              threat: ThreatConfig, aa_state: str | Path | None = None, seed: int = 0, sweep_factors: Sequence[float] = SWEEP_FACTORS,
+              *, precision: Precision = FP32, early_stop: bool = True) -> dict:
     """Run a suite; every attack starts from `torch.manual_seed(seed)`, so its number does not depend on the suite.
 
     `configs` maps result names to attack configs (None = clean); `configs["pgd"]` is the sweep's attack.
+    `precision` (resolved, see `roli.precision.resolve`) autocasts PGD/FGSM and the clean pass (AutoAttack: fp32);
+    `early_stop`: PGD/FGSM skip examples already broken (the same accuracy, see `PGD.evaluate`).
     """
     t0 = time.perf_counter()
-    model = model.float()  # attacks in fp32
+    model = model.float()  # fp32 weights; `precision` is autocast around the forwards
     results, settings = {}, {}
+    evaluator = {name: EVALUATORS.get(cfg.name if cfg is not None else "clean", _attacked)
+                 for name, cfg in configs.items() if name in suite.attacks}
+    # the clean accuracy comes from the first PGD-family attack's own clean pass, if the suite has one
+    shares_clean = any(configs[n] is not None and evaluator[n] is _attacked for n in suite.attacks)
     for name in suite.attacks:
         cfg = configs[name]
+        if cfg is None and shares_clean:
+            continue
         torch.manual_seed(seed)
-        results[name] = EVALUATORS.get(cfg.name if cfg is not None else "clean", _attacked)(
-            model, loader, cfg, threat, Path(aa_state) if aa_state is not None else None)
+        results[name] = evaluator[name](model, loader, cfg, threat, Path(aa_state) if aa_state is not None else None,
+                                        precision=precision, early_stop=early_stop)
+        clean = results[name].pop("clean", None)
+        if clean is not None and "clean" in suite.attacks and "clean" not in results:
+            results["clean"] = clean
         if cfg is not None:  # AutoAttack reports its resolved settings (seed, targets, iterations)
             settings[name] = results[name].pop("settings", None) or to_dict(cfg)
+    results = {name: results[name] for name in suite.attacks}
     x, y = next(iter(loader))
     device = next(model.parameters()).device
     checks = model_checks(model, x.to(device), y.to(device))
     checks.append(check_ordering({k: v["acc"] for k, v in results.items()}))
     sweep = None
     if suite.sweep:
-        sweep = eps_sweep(model, loader, configs["pgd"], threat, sweep_factors, seed=seed)
+        sweep = eps_sweep(model, loader, configs["pgd"], threat, sweep_factors, seed=seed, precision=precision,
+                          early_stop=early_stop)
         settings["sweep"] = to_dict(configs["pgd"])
         checks += check_sweep(sweep, clean=results["clean"]["acc"] if "clean" in results else None)
     failed = [c.name for c in checks if not c.passed]
     if failed:
         log.warning("sanity checks failed: %s (see `checks` in the results)", ", ".join(failed))
     return {"threat": to_dict(threat), "attacks": settings, "results": results, "sweep": sweep, "checks": [c.to_dict() for c in checks],
-            "checks_passed": not failed, "seconds": round(time.perf_counter() - t0, 3)}
+            "checks_passed": not failed, "precision": {**precision.to_dict(), "autoattack": "fp32"},
+            "early_stop": early_stop, "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def library_versions() -> dict:

@@ -1,8 +1,10 @@
-"""One epoch of PGD adversarial training (Madry et al.): the whole batch is replaced by adversarial examples."""
+"""One epoch of PGD adversarial training (Madry et al.): the whole batch is replaced by adversarial examples.
+
+`precision` (roli.precision) autocasts the training step's forward (the training attack carries its own, normally
+the same); the loss is fp32; fp16 steps go through a GradScaler."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
@@ -15,6 +17,7 @@ from tqdm.auto import tqdm
 from roli.attacks.base import Attack
 from roli.config import TrainConfig
 from roli.distributed import all_finite, sum_over_ranks, world
+from roli.precision import Precision, resolve
 from roli.transfer.base import set_train_mode
 
 log = logging.getLogger(__name__)
@@ -25,16 +28,20 @@ class NonFiniteLoss(RuntimeError):
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
-                    attack: Attack | None, cfg: TrainConfig, epoch: int, step_model: nn.Module | None = None) -> dict:
-    """One epoch; `step_model` (DistributedDataParallel under torchrun) runs the training step, `model` the attack."""
+                    attack: Attack | None, cfg: TrainConfig, epoch: int, *, precision: Precision | None = None,
+                    scaler: torch.amp.GradScaler | None = None, step_model: nn.Module | None = None) -> dict:
+    """One epoch. `precision`: resolved by the caller (default: `cfg.precision` resolved here). `scaler`: the run's
+    GradScaler for fp16, kept across epochs by the caller (default: a fresh one when fp16). `step_model`
+    (DistributedDataParallel under torchrun) runs the training step, `model` the attack."""
     device = next(model.parameters()).device
+    precision = precision or resolve(cfg.precision, device, "train.precision")
+    scaler = scaler if scaler is not None else precision.grad_scaler()
     step_model = step_model or model
     w = world()
     shards = getattr(loader.batch_sampler, "shards", None) if w.distributed else None
     params = [p for p in model.parameters() if p.requires_grad]
     total_loss, correct, n, t0 = 0.0, 0, 0, time.perf_counter()
     set_train_mode(model, True)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=None)
     skipped = 0
     for i, (x, y) in enumerate(bar):
@@ -43,12 +50,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         shard = shards[i] if shards is not None else None
         if attack is not None:
             x = attack(model, x, y, shard=shard)  # eval mode, input gradients only; train mode restored afterwards
-        with amp:
+        with precision.autocast():
             logits = step_model(x)
-            if shard is None:
-                loss = F.cross_entropy(logits.float(), y)
-            else:  # DDP averages the ranks' gradients: scale so that the step is the global batch's mean
-                loss = F.cross_entropy(logits.float(), y, reduction="sum") * (w.size / shard.size)
+        if shard is None:
+            loss = F.cross_entropy(logits.float(), y)
+        else:  # DDP averages the ranks' gradients: scale so that the step is the global batch's mean
+            loss = F.cross_entropy(logits.float(), y, reduction="sum") * (w.size / shard.size)
         if not all_finite(loss):  # decided together: one rank stopping alone would leave the others waiting
             where = f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}" + \
                 (f" of {len(loader)}" if hasattr(loader, "__len__") else "")
@@ -63,10 +70,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             scheduler.step()  # the schedule keeps its place in the epoch
             continue
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+        else:  # fp16: scaled backward; a step with inf/NaN gradients is skipped and the scale lowered
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
         scheduler.step()
         total_loss += (loss.item() * shard.size / w.size) if shard else loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()

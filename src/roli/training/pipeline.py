@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,7 @@ from roli.errors import ResultsError, RunDirError
 from roli.files import atomic_write_json, discard_unstarted, read_json
 from roli.evaluation.accuracy import evaluate
 from roli import distributed
+from roli.precision import run_precision
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
@@ -236,6 +238,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     w, device = distributed.init(cfg.run.device)
     if not w.distributed:
         device = pick_device(cfg.run.device)
+    precision = run_precision(cfg, device, warn=False)  # fp16 on a CPU fails here, before any work; fit() warns
     torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) // w.size))
     seed_everything(cfg.run.seed)
     splits = custom.splits if custom and custom.splits else build_data(cfg.data)
@@ -257,7 +260,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
         "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg, custom), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
-        "backbone": backbone_report,
+        "backbone": backbone_report, "precision": precision.to_dict(),
     }
     if w.is_main:
         _write_results(run_dir, results)
@@ -272,12 +275,14 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     test_attack = cfg.eval.attack
     with oom_hint("test evaluation", "data.eval_batch_size", cfg.data.eval_batch_size):
         test = evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                        {"clean": None, "pgd": build_attack(test_attack, cfg.threat)})
+                        {"clean": None, "pgd": build_attack(test_attack, cfg.threat, precision.eval)},
+                        early_stop=cfg.eval.early_stop)
     results.update(
         status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
         best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
         test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
-              "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"]},
+              "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"],
+              "early_stop": cfg.eval.early_stop},
         seconds=round(time.perf_counter() - t0, 1),
     )
     if w.is_main:

@@ -24,6 +24,7 @@ from roli.device import oom_hint
 from roli.errors import TrainingFailed
 from roli.evaluation.accuracy import evaluate
 from roli.distributed import barrier, check_batch, data_parallel, global_batches, sharded_loader, world
+from roli.precision import run_precision
 from roli.training.loop import NonFiniteLoss, train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler
 from roli.training.tracking import TensorBoard, write_metrics_csv
@@ -98,9 +99,11 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
     """Train `model` (already on its device); under torchrun every rank calls this, and only rank 0 writes."""
     train_cfg, seed, w = cfg.train, cfg.run.seed, world()
     check_batch(cfg.data.batch_size, w)
-    train_attack = build_attack(cfg.attack, cfg.threat) if train_cfg.adversarial else None
-    eval_attack = build_attack(cfg.eval.attack, cfg.threat)
     device = next(model.parameters()).device
+    precision = run_precision(cfg, device)  # train.precision / eval.precision as they run
+    scaler = precision.train.grad_scaler()  # fp16 only
+    train_attack = build_attack(cfg.attack, cfg.threat, precision.train) if train_cfg.adversarial else None
+    eval_attack = build_attack(cfg.eval.attack, cfg.threat, precision.eval)
     val_loader = sharded_loader(splits.val, cfg.data.eval_batch_size, shuffle=False, pin_memory=device.type == "cuda")
     steps_per_epoch = len(global_batches(len(splits.train), cfg.data.batch_size, shuffle=False, seed=0))
     step_model = data_parallel(model, cfg, device)  # DDP across ranks (the attack uses `model` itself)
@@ -116,6 +119,8 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         history, best, start = state["history"], state["best"], state["epoch"]
         log.info("resuming %s after epoch %d", run_dir, start)
     key = SELECT_KEY[cfg.eval.select]
@@ -132,7 +137,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         try:
             with oom_hint(f"training (epoch {epoch + 1})", "data.batch_size", cfg.data.batch_size):
                 stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, epoch_cfg, epoch,
-                                        step_model=step_model)
+                                        precision=precision.train, scaler=scaler, step_model=step_model)
         except NonFiniteLoss as e:
             raise TrainingFailed(
                 f"{e}. Training stopped; the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. "
@@ -141,7 +146,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
                    "; or set train.on_nonfinite: skip to skip such batches (up to train.max_skipped_batches).")
             ) from None
         with oom_hint(f"validation (epoch {epoch + 1})", "data.eval_batch_size", cfg.data.eval_batch_size):
-            val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack})
+            val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack}, early_stop=cfg.eval.early_stop)
         row = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"], **stats,
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}
@@ -158,7 +163,8 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
             if w.is_main:
                 atomic_save(model_checkpoint(model, cfg, {"epoch": epoch + 1, "val": row}), best_path)
         if w.is_main:
-            atomic_save(resume_state(model, optimizer, scheduler, epoch + 1, history, best), ckpt_path)
+            atomic_save({**resume_state(model, optimizer, scheduler, epoch + 1, history, best),
+                         **({"scaler": scaler.state_dict()} if scaler else {})}, ckpt_path)
         barrier()  # the files are complete before any rank reads them
     if board is not None:
         board.close()
