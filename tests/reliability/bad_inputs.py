@@ -118,7 +118,7 @@ def _empty_file(root: Path) -> None:
 
 
 def _sixteen_bit(root: Path) -> None:
-    Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 200)).save(root / "test" / "cat" / "16bit.png")
+    Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200).save(root / "test" / "cat" / "16bit.png")
 
 
 def _empty_class(root: Path) -> None:
@@ -231,7 +231,7 @@ class Case:
     expect: tuple[str, ...]  # fragments of the one-line error
 
 
-def C(id: str, area: str, input: str, argv: Callable[[Workspace], list[Any]], *expect: str) -> Case:  # noqa: A002
+def C(id: str, area: str, input: str, argv: Callable[[Workspace], list[Any]], *expect: str) -> Case:
     return Case(id, area, input, argv, expect)
 
 

@@ -331,3 +331,14 @@ def test_an_unexpected_error_keeps_its_traceback_and_says_it_is_a_bug(recipe, tm
     with pytest.raises(ZeroDivisionError) as e:
         main(["run", str(recipe), "--out", str(tmp_path)])
     assert any(f"bug in roli {__version__}" in note and "report it" in note for note in e.value.__notes__)
+
+
+def test_resuming_a_complete_run_rewrites_nothing(reference, tmp_path, capsys):
+    copy = tmp_path / "r"
+    import shutil
+
+    shutil.copytree(reference, copy)
+    before = snapshot(copy)
+    rc, err = cli(["run", "--resume", copy], capsys)
+    assert rc == 0, err
+    assert snapshot(copy) == before  # not retrained or re-tested (a lean run folder has no checkpoint.pt to resume)

@@ -16,8 +16,7 @@ import pytest
 import yaml
 
 from conftest import TINY
-from reliability.helpers import (assert_same_run, assert_same_weights, cli, killed, numbers, snapshot, strip,
-                                 temp_files)
+from reliability.helpers import assert_same_run, assert_same_weights, cli, killed, numbers, snapshot, strip, temp_files
 from roli.backbones.checkpoints import load_file
 from roli.config import dump_config
 from roli.files import read_json

@@ -80,7 +80,7 @@ def _unpickler_reason(e: Exception) -> str:
     """The useful part of torch's long weights-only error: `Unsupported global: GLOBAL io.open`, `Unsupported
     operand 60`, ... (without its advice to load with weights_only=False, which roli never does)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global| Please use|\n|$)", text, re.S)
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global| Please use|\n|$)", text, re.DOTALL)
     return m.group(1).strip() if m else text.strip().splitlines()[0]
 
 

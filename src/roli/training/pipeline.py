@@ -132,6 +132,10 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         if not (run_dir / "config.yaml").is_file():
             raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
         check_same_config(cfg, run_dir)
+        done = read_results(run_dir)
+        if done and done.get("status") == "complete":  # nothing to resume: its files are never rewritten
+            log.info("%s is complete; nothing to resume", run_dir)
+            return done
         out = run_dir.parent
     else:
         run_dir = None
