@@ -400,8 +400,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        node[leaf] = parse_scalar(raw, f"--set {item!r}") if raw.strip() else None
     return out
+
+
+def parse_scalar(raw: str, where: str) -> Any:
+    """A command-line value read as YAML (`3`, `0.1`, `8/255`, `[a, b]`, `true`), safely."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: {raw!r} is not a valid value ({str(e).splitlines()[0]})") from None
 
 
 # roli 0.1 keys -> today's: the threat model lived in `attack`, the evaluation attack was `eval.attack_*`.

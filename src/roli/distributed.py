@@ -123,9 +123,10 @@ class ShardedBatches(Sampler[list[int]]):
 def sharded_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
                    pin_memory: bool = False, w: World | None = None) -> DataLoader:
     """A DataLoader over this rank's slices of the global batches; `loader.batch_sampler.shards` per batch."""
+    from roli.data.base import Loader  # workers start when iterated and stop at once (see Loader)
+
     sampler = ShardedBatches(len(dataset), batch_size, shuffle=shuffle, seed=seed, w=w or world())
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=False)
+    return Loader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def check_batch(batch_size: int, w: World) -> None:

@@ -28,7 +28,7 @@ def killed(target: str, nth: int, roli_args: list[str], match: str | None = None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, str(KILLER), target, str(nth), *(["--match", match] if match else []), "--",
            *map(str, roli_args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
     assert proc.returncode == -signal.SIGKILL, f"not killed (rc {proc.returncode}):\n{proc.stderr[-4000:]}"
     return proc
 

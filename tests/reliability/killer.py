@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: netguard
 
-import netguard  # noqa: E402
+import netguard
 
 
 def patch(target: str, nth: int, match: str | None) -> None:

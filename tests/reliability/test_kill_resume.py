@@ -16,18 +16,18 @@ import pytest
 import yaml
 
 from conftest import TINY
-from reliability.helpers import (assert_same_run, assert_same_weights, cli, killed, numbers, snapshot, strip,
-                                 temp_files)
+from reliability.helpers import assert_same_run, assert_same_weights, cli, killed, numbers, snapshot, strip, temp_files
 from roli.backbones.checkpoints import load_file
 from roli.config import dump_config
 from roli.files import read_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# A small eps so that the tiny ViT learns in 3 epochs x 3 optimiser steps (validation PGD 25, 47, 62.5%: best.pt is
-# written every epoch); validation and test in 2 batches of 16 (so AutoAttack has 2 chunks).
-SMALL_EPS = ["threat.eps=0.01", "attack.step_size=0.005", "eval.attack.step_size=0.005"]
-KILL = ["train.epochs=3", "data.train_limit=96", "data.eval_batch_size=16", *SMALL_EPS]
+# The shipped robust tiny ViT fine-tuned at a small eps, 3 epochs x 3 optimiser steps; `select: last` writes best.pt
+# every epoch (the kill points below count on it); validation and test in 2 batches of 16 (AutoAttack: 2 chunks).
+ROBUST = ["backbone.name=vit_tiny_28_fmnist_robust", "threat.eps=0.02", "attack.step_size=0.01",
+          "eval.attack.step_size=0.01"]
+KILL = ["train.epochs=3", "data.train_limit=96", "data.eval_batch_size=16", "eval.select=last", *ROBUST]
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,8 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(recipe, reference, tmp_pa
 @pytest.fixture(scope="module")
 def roli_recipe(fast_cfg, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("roli-recipe") / "roli.yaml"
-    # eps 0.02: stage 2 selects epoch 1 of 2 (best.pt is not the last weights)
-    dump_config(fast_cfg(["train.epochs=2", "data.train_limit=96", "transfer.init=roli", "stage1.epochs=2",
-                          "threat.eps=0.02", "attack.step_size=0.01", "eval.attack.step_size=0.01"]), path)
+    dump_config(fast_cfg(["train.epochs=2", "data.train_limit=96", "transfer.init=roli", "stage1.epochs=2", *ROBUST]),
+                path)
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,25 @@ def load_file(path: str | Path) -> Any:
         raise CheckpointError(f"cannot read {path}: permission denied ({e.strerror or e})") from None
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e) and "GLOBAL" not in str(e):
-            raise CheckpointError(f"{path} is not a torch checkpoint (corrupt, or e.g. a saved HTML page): {e}") from None
+            if path.read_bytes()[:64].lstrip().lower().startswith((b"<!doctype", b"<html")):
+                raise CheckpointError(f"{path} is not a torch checkpoint: it is an HTML page (a download that got an "
+                                      "error or login page?); download the weights file again") from None
+            raise CheckpointError(f"{path} is not a torch checkpoint (corrupt, or e.g. a saved HTML page): the "
+                                  f"weights-only unpickler stopped at: {_unpickler_reason(e)}") from None
         raise CheckpointError(
-            f"{path} cannot be loaded with weights_only=True (it needs code to unpickle: {str(e).splitlines()[0]}). "
+            f"{path} cannot be loaded with weights_only=True (it needs code to unpickle: {_unpickler_reason(e)}). "
             "roli does not run code from checkpoints; re-save it as a plain state_dict with torch.save(model.state_dict())"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path} is not a readable torch checkpoint (truncated or another format?): {e}") from None
+
+
+def _unpickler_reason(e: Exception) -> str:
+    """The useful part of torch's long weights-only error: `Unsupported global: GLOBAL io.open`, `Unsupported
+    operand 60`, ... (without its advice to load with weights_only=False, which roli never does)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global| Please use|\n|$)", text, re.DOTALL)
+    return m.group(1).strip() if m else text.strip().splitlines()[0]
 
 
 def extract_state_dict(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:

@@ -17,8 +17,8 @@ log = logging.getLogger("roli")
 
 def _recipes_after_set(a: argparse.Namespace) -> None:
     """`roli run --set train.epochs=3 recipe.yaml`: argparse hands the recipe to --set; give it back."""
-    moved = [s for s in a.set if "=" not in s]
-    a.set = [s for s in a.set if "=" in s]
+    moved = [s for s in a.set if "=" not in s and s.endswith((".yaml", ".yml"))]
+    a.set = [s for s in a.set if s not in moved]
     a.recipes = [*a.recipes, *moved]
 
 
@@ -57,13 +57,11 @@ def _run(a: argparse.Namespace) -> int:
 
 
 def _eval(a: argparse.Namespace) -> int:
-    import yaml
-
-    from roli.config import ConfigError, parse_overrides
+    from roli.config import ConfigError, parse_overrides, parse_scalar
     from roli.evaluation.checkpoint import evaluate_checkpoint
     from roli.files import atomic_write_text
 
-    number = (lambda v: None if v is None else yaml.safe_load(v))  # "0.05" -> 0.05; "8/255" stays a fraction
+    number = (lambda v: None if v is None else parse_scalar(v, "--eps/--step-size"))  # "8/255" stays a fraction
     if a.output and Path(a.output).exists():  # checked before evaluating: an earlier result is never overwritten
         from roli.errors import OutputExists
         raise OutputExists(f"--output {a.output} exists; roli does not overwrite results. Choose another file")

@@ -153,9 +153,32 @@ def build_data(cfg: DataConfig) -> Splits:
     return DATASETS.get(cfg.name)(cfg)
 
 
+class Loader(DataLoader):
+    """A DataLoader whose iterator starts only when iterated, and whose worker processes stop as soon as iteration
+    ends, by an error too.
+
+    torch's iterator starts its workers (and draws from the loader's generator) when it is created; tqdm.auto
+    creates one in its constructor and never uses it, so every epoch started its workers twice and the data order
+    depended on data.num_workers. After a worker error torch's iterator is often freed only by the garbage
+    collector, which then waits 5 s per worker.
+    """
+
+    def __iter__(self):
+        return self._iterate()
+
+    def _iterate(self):
+        it = super().__iter__()
+        try:
+            yield from it
+        finally:
+            stop = getattr(it, "_shutdown_workers", None)  # torch's multi-process iterator; a no-op once stopped
+            if stop is not None:
+                stop()
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0, num_workers: int = 0,
                 pin_memory: bool = False) -> DataLoader:
     """A loader whose order depends only on `seed` (so a resumed run sees the same batches)."""
     gen = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
-                      drop_last=False, pin_memory=pin_memory)
+    return Loader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=num_workers,
+                  drop_last=False, pin_memory=pin_memory)

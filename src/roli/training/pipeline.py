@@ -195,7 +195,7 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
             raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
         check_same_config(cfg, run_dir)
         done = read_results(run_dir)
-        if done and done.get("status") == "complete":  # its resume state is gone (unless run.keep_resume_state)
+        if done and done.get("status") == "complete":  # nothing to resume: its files are never rewritten
             log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
             return {**done, "run_dir": str(run_dir)}  # the folder as found now (it may have been moved)
         out = run_dir.parent

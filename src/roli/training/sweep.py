@@ -240,7 +240,7 @@ def torchrun_cell(cell: Cell, cfg: Config, out: Path, nproc: int, resume: bool) 
     done = subprocess.run(cmd)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun exited with {done.returncode} (its output above names the failing rank)")
-    return json.loads((out / cell.name / "results.json").read_text())
+    return read_json(out / cell.name / "results.json", "results file")
 
 
 def run_cell(cell: Cell, cfg: Config, out: Path, nproc: int = 1) -> dict:

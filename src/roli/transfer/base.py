@@ -8,7 +8,7 @@ from torch import nn
 
 from roli.backbones.normalize import Classifier
 from roli.config import TransferConfig
-from roli.errors import UnsupportedBackbone
+from roli.errors import UnsupportedBackbone  # noqa: F401  (raised by the methods, imported from here)
 from roli.registry import TRANSFER
 
 
