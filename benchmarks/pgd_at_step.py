@@ -1,5 +1,5 @@
 """Benchmark: one PGD-AT training step, roli's (input gradients only) vs a reference-style step that computes
-parameter gradients in every attack step (RoLI reference code, spec B14). Same model, batch and attack.
+parameter gradients in every attack step (RoLI reference code, protocol B14). Same model, batch and attack.
 
     .venv/bin/python benchmarks/pgd_at_step.py [--model vit_tiny_28] [--batch 128] [--steps 5] [--reps 5]
 

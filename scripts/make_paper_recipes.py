@@ -1,7 +1,7 @@
 """Write recipes/paper/{swin_b,vit_b}/<method>_<dataset>_<init>.yaml from the paper's hyperparameter table.
 
-The table is spec §7 (the RoLI reference configs, all ARES Swin-B, batch 64): BASE_LR / WEIGHT_DECAY as written in
-the reference. roli's learning rate is the effective one, BASE_LR x 64/256 (spec §6), written as `BASE_LR/4`.
+The table is protocol §7 (the RoLI reference configs, all ARES Swin-B, batch 64): BASE_LR / WEIGHT_DECAY as written in
+the reference. roli's learning rate is the effective one, BASE_LR x 64/256 (protocol §6), written as `BASE_LR/4`.
 Run once by maintainers after changing the table; tests/recipes/test_paper_recipes.py checks the files against it.
     python scripts/make_paper_recipes.py
 """
@@ -38,7 +38,7 @@ OPTIMIZER = {"linear_probe": "SGD"}  # AdamW elsewhere
 def swin_cell(method: str, init: str, dataset: str, lr: str, wd: str) -> str:
     opt = OPTIMIZER.get(method, "AdamW")
     lines = [(f"# {LABEL[method]}, {dataset}, {'RoLI' if init == 'roli' else 'RanLI'}; ARES Swin-B. "
-              f"Reference (spec §7): BASE_LR {lr}, WEIGHT_DECAY {wd}, {opt}.")]
+              f"Reference (protocol §7): BASE_LR {lr}, WEIGHT_DECAY {wd}, {opt}.")]
     if wd == "0" and opt == "AdamW":
         lines.append("# WEIGHT_DECAY 0: the reference's optimiser silently became SGD(momentum 0.9) here (B3). roli keeps "
                      "AdamW\n# without decay; --set train.optimizer=sgd reproduces the reference.")
@@ -48,7 +48,7 @@ def swin_cell(method: str, init: str, dataset: str, lr: str, wd: str) -> str:
     transfer = f"init: {init}" + (f", num_tokens: {VPT_TOKENS[dataset]}" if method == "vpt_deep" and dataset in
                                   VPT_TOKENS else "")
     lines.append(f"transfer: {{{transfer}}}")
-    lines.append(f"train: {{lr: {lr}/4, weight_decay: {wd}}}   # effective LR = BASE_LR x batch 64 / 256 (spec §6)")
+    lines.append(f"train: {{lr: {lr}/4, weight_decay: {wd}}}   # effective LR = BASE_LR x batch 64 / 256 (protocol §6)")
     return "\n".join(lines) + "\n"
 
 

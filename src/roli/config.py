@@ -1,7 +1,7 @@
 """Typed, frozen run configuration loaded strictly from YAML.
 
 Every number a run depends on lives here (nothing is hidden in the training loop, unlike the reference code's
-hard-coded PGD step and AdamW decay, spec B3). Unknown keys, wrong types and impossible values are errors that
+hard-coded PGD step and AdamW decay, protocol B3). Unknown keys, wrong types and impossible values are errors that
 name the key, the file and the valid choices.
 """
 
@@ -170,7 +170,7 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
     adam_eps: float = 1e-8
-    warmup_epochs: float = 1.0  # linear warmup, per step, starting above 0 (spec B5: no epoch at LR 0)
+    warmup_epochs: float = 1.0  # linear warmup, per step, starting above 0 (protocol B5: no epoch at LR 0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     grad_clip: float | None = None

@@ -1,4 +1,4 @@
-"""recipes/paper: every cell carries the paper's settings (spec §6-7), and each one builds, trains, evaluates.
+"""recipes/paper: every cell carries the paper's settings (protocol §6-7), and each one builds, trains, evaluates.
 
 Fidelity tests read the YAML only. Smoke tests run every cell on CPU with its real architecture (random init, no
 checkpoint), a miniature dataset in the real on-disk layout, batch 2, one step and PGD-1; Swin-B/ViT-B take a few
@@ -57,7 +57,7 @@ def test_swin_cell_matches_the_paper(method, init, dataset, lr, wd):
     cfg = load_config(PAPER / "swin_b" / f"{method}_{dataset}_{init}.yaml")
     assert cfg.backbone.name == "ares_swin_base_at" and cfg.backbone.input_size == 224
     assert (cfg.transfer.name, cfg.transfer.init, cfg.data.name) == (method, init, dataset)
-    assert cfg.train.lr == pytest.approx(lr / 4) and cfg.train.weight_decay == pytest.approx(wd)  # eff. LR, spec §6
+    assert cfg.train.lr == pytest.approx(lr / 4) and cfg.train.weight_decay == pytest.approx(wd)  # eff. LR, protocol §6
     assert cfg.train.optimizer == ("sgd" if method == "linear_probe" else "adamw")
     assert cfg.train.epochs == EPOCHS[dataset] and cfg.train.warmup_epochs == 10 and cfg.train.schedule == "cosine"
     assert cfg.data.batch_size == 64
@@ -68,7 +68,7 @@ def test_swin_cell_matches_the_paper(method, init, dataset, lr, wd):
     assert cfg.eval.select == "robust"
     if method == "vpt_deep":
         assert cfg.transfer.num_tokens == (20 if dataset == "cub200" else 10)
-    # Reference quirks that change numbers are off by default (spec §10)
+    # Reference quirks that change numbers are off by default (protocol §10)
     assert cfg.transfer.head_init == "paper"  # the paper's RanLI head (B12): the comparison is about init
     assert cfg.attack.select == "best" and cfg.backbone.drop_path_rate == 0 and cfg.backbone.proj_drop_rate == 0
     if method == "lora":  # the reference's LoRA dropout was never active (B8)

@@ -174,7 +174,7 @@ def test_sgd_settings_come_from_the_config():
 
 
 def test_zero_weight_decay_keeps_adamw():
-    """The reference silently switched to SGD when weight decay was 0 (spec B3)."""
+    """The reference silently switched to SGD when weight decay was 0 (protocol B3)."""
     opt = build_optimizer(_vit(), TrainConfig(optimizer="adamw", weight_decay=0.0))
     assert type(opt) is torch.optim.AdamW
     assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)

@@ -71,7 +71,7 @@ def test_history_has_one_row_per_epoch(finished_run):
         assert (row["val_clean"] * 32 / 100) == pytest.approx(round(row["val_clean"] * 32 / 100))
         assert row["train_seconds"] > 0 and row["train_images_per_s"] > 0
     # `lr` is the LR of the epoch's first step, `lr_end` the one after its last step
-    # (2 steps per epoch, warmup 0.5 epoch = 1 step); no epoch trains at LR 0 (spec B5).
+    # (2 steps per epoch, warmup 0.5 epoch = 1 step); no epoch trains at LR 0 (protocol B5).
     steps, total = 2, 2 * cfg.train.epochs
     for row in hist:
         assert row["lr"] == pytest.approx(cfg.train.lr * lr_multiplier((row["epoch"] - 1) * steps, total, 1, cfg.train))

@@ -37,7 +37,7 @@ def attack_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode and frozen parameters while attacking; restored even if the attack raises.
 
     Parameters must not require grad during the attack: then backward computes input gradients only,
-    which saves the weight-gradient half of every backward pass (spec B14).
+    which saves the weight-gradient half of every backward pass (protocol B14).
     """
     was_training = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}

@@ -1,7 +1,7 @@
 """CIFAR-10 / CIFAR-100 from the official "python version" pickle batches in `data.root`.
 
 Layout: `cifar-10-batches-py/{data_batch_1..5, test_batch}` and `cifar-100-python/{train, test}` (root may be that
-folder or its parent). Images stay 32x32 uint8 in memory and have no augmentation, as in the reference (spec §4,
+folder or its parent). Images stay 32x32 uint8 in memory and have no augmentation, as in the reference (protocol §4,
 B13); set `backbone.input_size: 224` to resize inside the model, so the perturbation lives at 32x32.
 Split as the reference's VTAB loader: train = the first 90% of the official train set, val = the last 10%
 (`data.val_fraction`), test = the official test set: 45,000 / 5,000 / 10,000.

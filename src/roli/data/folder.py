@@ -6,7 +6,7 @@ Layouts under `data.root` (the root may also be the dataset's own top folder):
 - stanford_dogs: Images/<wnid-breed>/*.jpg + lists/{train_list,test_list}.mat (or the .mat files in the root)
 - image_folder:  {train,test}/<class>/*.<img> and optionally val/<class>/...
 
-Splits (spec §4): with `data.split_file` the reference's JSON split (image path -> label per split). Otherwise the
+Splits (protocol §4): with `data.split_file` the reference's JSON split (image path -> label per split). Otherwise the
 official train/test split where one exists, and a seeded per-class carve (`data.split_seed`) with the paper's
 per-class counts: Caltech-256 60 train+val images per class (57 + 3) and the rest test (14,649 / 771 / 15,187);
 CUB 3 val images per class from the official train set (5,394 / 600 / 5,794); Dogs 10 per class (10,800 / 1,200 /

@@ -1,4 +1,4 @@
-"""Image transforms of the reference's JSON datasets (spec §4): [0,1] tensors, no normalisation (it is in the model).
+"""Image transforms of the reference's JSON datasets (protocol §4): [0,1] tensors, no normalisation (it is in the model).
 
 train: Resize(resize_size, short side) -> RandomCrop(crop_size) -> RandomHorizontalFlip(0.5) -> [0,1] tensor
 eval:  Resize(resize_size) -> CenterCrop(crop_size) -> [0,1] tensor

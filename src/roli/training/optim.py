@@ -1,4 +1,4 @@
-"""Optimiser and per-step warmup + cosine schedule, every constant from TrainConfig (spec B3, B5 fixed)."""
+"""Optimiser and per-step warmup + cosine schedule, every constant from TrainConfig (protocol B3, B5 fixed)."""
 
 from __future__ import annotations
 

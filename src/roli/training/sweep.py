@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 # own numbers, e.g. from benchmarks/pgd_at_step.py. An H100 is roughly 1.5-2x faster.
 COST = {"gpu": "A100-class GPU (assumed throughput, not measured)",
         "images_per_s": {"swin_base_patch4_window7_224": 250.0, "vit_base_patch16_224": 400.0, "resnet50": 900.0}}
-# The paper's split sizes (spec §4): train, val, test.
+# The paper's split sizes (protocol §4): train, val, test.
 PAPER_SIZES = {"cifar10": (45_000, 5_000, 10_000), "cifar100": (45_000, 5_000, 10_000),
                "caltech256": (14_649, 771, 15_187), "cub200": (5_394, 600, 5_794),
                "stanford_dogs": (10_800, 1_200, 8_580)}

@@ -1,4 +1,4 @@
-"""Pfeiffer bottleneck adapters after each transformer block's MLP (spec §5, "Adapter").
+"""Pfeiffer bottleneck adapters after each transformer block's MLP (protocol §5, "Adapter").
 
 Every module with an `.mlp` whose `fc1` is an nn.Linear (timm ViT `Block`, Swin `SwinTransformerBlock`) gets its
 MLP wrapped: `AdapterMlp` keeps the original MLP as `base_layer` (frozen) and returns
@@ -11,7 +11,7 @@ instead; the two agree whenever drop_path_rate is 0 (its setting for adapters).
 Init (`adapter_init`; the field cannot be called `init`, which already selects the head's RanLI/RoLI init):
 - "standard" (default): down = kaiming_uniform (PyTorch's Linear default), up weight and bias = 0, so the model
   is unchanged at init and every adapter parameter gets a gradient.
-- "zero": everything zero, the reference's init (spec B2). Only `up.bias` ever receives a gradient, so each
+- "zero": everything zero, the reference's init (protocol B2). Only `up.bias` ever receives a gradient, so each
   adapter degenerates into one learned bias vector per block. For comparison with the reference only.
 
 Trainable: the down/up layers of every Adapter (2·dim·b + b + dim per block) plus the head.

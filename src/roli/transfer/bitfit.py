@@ -1,11 +1,11 @@
-"""BitFit (Ben Zaken et al., 2022): train only the bias terms (the reference's `tinytl-bias`, spec §5).
+"""BitFit (Ben Zaken et al., 2022): train only the bias terms (the reference's `tinytl-bias`, protocol §5).
 
 The trainable set is chosen by module type, not by name: the parameter `bias` of every nn.Linear, nn.Conv1d/2d/3d,
 LayerNorm, BatchNorm and GroupNorm module (timm subclasses such as LayerNorm2d or BatchNormAct2d included), plus
 the head. Other parameters with "bias" in their name are not biases of a layer and stay frozen by default:
 - `relative_position_bias_table` (Swin's attention position table) is trained only with
   `include_rel_pos_bias: true`. The reference trains it because it selects parameters by the substring 'bias'
-  (spec B9); the option reproduces that.
+  (protocol B9); the option reproduces that.
 - separate q/v bias parameters (BEiT, Swin-V2) and nn.MultiheadAttention's in_proj_bias are not included.
 
 Backbones: any. ViT: every Linear/LayerNorm bias and the patch-embed conv bias; Swin: the same (+ the position

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al., 2022) on the attention query and value projections, as in the reference (spec §5).
+"""LoRA (Hu et al., 2022) on the attention query and value projections, as in the reference (protocol §5).
 
 timm fuses q, k and v into one `qkv` nn.Linear (ViT `Attention.qkv`, Swin `WindowAttention.qkv`), whose output
 is [q | k | v] along the last dimension. peft cannot target a q or v *slice* of that fused layer cleanly, so this
@@ -9,14 +9,14 @@ each target t in `targets`, a low-rank update on t's slice only:
 
 The k slice is exactly base_layer's output (no addition at all) unless "k" is a target. Init: A kaiming_uniform
 (a=√5), B = 0, so the model is unchanged at init. The reference's RoLI-LoRA configs also zero A (ZEROINIT), which
-makes every LoRA gradient exactly 0 (spec B1); that variant is deliberately not offered.
+makes every LoRA gradient exactly 0 (protocol B1); that variant is deliberately not offered.
 
 Trainable: the A/B matrices of every LoRAQKV (ViT-B/16: 589,824; Swin-B: 770,048 = 64·Σ block dims) plus the head.
 `merge_lora(net)` (or `LoRAQKV.merge()`) folds the update into plain nn.Linear layers for deployment; a merged model
 has the original timm state-dict keys, so a roli checkpoint is always saved unmerged.
 
 LoRA dropout (default 0.1) is active in train mode. The reference never applied it, because it forced the encoder
-into eval mode (spec B8); set `dropout: 0` to match that.
+into eval mode (protocol B8); set `dropout: 0` to match that.
 
 Backbones: timm VisionTransformer (incl. vit_tiny_28) and SwinTransformer. ResNets and other backbones without
 fused-qkv attention raise UnsupportedBackbone.

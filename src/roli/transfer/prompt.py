@@ -4,7 +4,7 @@ The method picks the injection by backbone type. ViT: `num_tokens` learnable pro
 prefix tokens (class and any register tokens) and before the patch tokens:
 - vpt_shallow: one prompt (1, T, dim), inserted before block 0; it then flows through every block.
 - vpt_deep: one prompt per block; block 0 inserts its prompt, every later block *replaces* the previous block's
-  prompt outputs by its own (spec §5: 12·T·768 parameters on ViT-B).
+  prompt outputs by its own (protocol §5: 12·T·768 parameters on ViT-B).
 After the last block the prompt tokens are removed, so the final norm, the pooling (token or avg) and the output
 shape are exactly those of the unprompted model.
 
