@@ -65,7 +65,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"ddp-{report['date'][:10]}-{report['cpu_capability']}.json"
     path.write_text(json.dumps(report, indent=2))
-    print(f"| processes x threads | train img/s | train s | val s |\n|---|---|---|---|")
+    print("| processes x threads | train img/s | train s | val s |\n|---|---|---|---|")
     for r in (one, many):
         print(f"| {r['nproc']} x {r['threads_per_process']} | {r['train_images_per_s']} | {r['train_seconds']} | "
               f"{r['val_seconds']} |")

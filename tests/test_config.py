@@ -14,8 +14,8 @@ from roli.config import (
     TrainConfig,
     config_hash,
     dump_config,
-    load_config,
     from_dict,
+    load_config,
     parse_overrides,
     upgrade,
 )

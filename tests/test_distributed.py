@@ -40,7 +40,7 @@ def test_ranks_split_every_global_batch_contiguously(size):
 
 def test_local_slices_differ_by_at_most_one_and_cover_the_batch():
     for size in range(1, 6):
-        for n in range(0, 13):
+        for n in range(13):
             parts = [local_slice(n, World(rank=r, size=size)) for r in range(size)]
             assert parts[0][0] == 0 and parts[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))

@@ -6,7 +6,6 @@ They run in a subprocess: the page registers a transfer method, which must not l
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -57,3 +57,9 @@ def test_public_api_resolves_lazily():
     assert set(roli.__all__) <= set(dir(roli))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         roli.nope  # noqa: B018
+
+
+def test_all_lists_exactly_the_lazy_api():
+    import roli
+
+    assert roli.__all__ == sorted(roli._API)

@@ -18,7 +18,7 @@ _API = {
     "evaluate": "roli.evaluation.accuracy",
     "run": "roli.training.pipeline",
 }
-__all__ = sorted(_API)
+__all__ = ["Config", "build_attack", "build_transfer", "create_backbone", "evaluate", "load_config", "make_attack", "run"]
 
 
 def __getattr__(name: str):

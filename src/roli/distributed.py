@@ -56,7 +56,7 @@ class World:
 def world() -> World:
     """The current job's world (initialised process group), else the single-process world."""
     if dist.is_available() and dist.is_initialized():
-        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     return World()
 
 
@@ -72,7 +72,7 @@ def init(device: str = "auto", timeout_s: float = 1800) -> tuple[World, torch.de
     use_cuda = pick_device(device).type == "cuda"  # `cuda` without a GPU: a clear DeviceError
     if launched_by_torchrun() and not dist.is_initialized():
         if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(),
                  dist.get_backend())

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from roli.attacks import ATTACKS, build_attack, make_attack
-from roli.attacks.pgd import FGSM, PGD, margin_loss
-from roli.attacks.pgd import PGDConfig
+from roli.attacks.pgd import FGSM, PGD, PGDConfig, margin_loss
 from roli.config import ConfigError, DataConfig, ThreatConfig
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import accuracy

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import roli
 import torch
 import yaml
 
+import roli
 from roli.attacks import ATTACKS
 from roli.backbones import BACKBONES
 from roli.cli.main import main

@@ -4,8 +4,8 @@ import os
 import signal
 import sys
 
-import roli.training.loop as loop
 from roli.cli.main import main
+from roli.training import loop
 
 if os.environ.get("RANK") == os.environ.get("RANK_TO_KILL"):
     real, calls = loop.F.cross_entropy, [0]

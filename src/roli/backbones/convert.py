@@ -17,8 +17,8 @@ what it did. Formats (`backbone.format`):
 from __future__ import annotations
 
 import hashlib
-import os
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field

@@ -121,9 +121,9 @@ def _fields(cls) -> str:
 def _list(a: argparse.Namespace) -> int:
     from roli.attacks import ATTACKS
     from roli.backbones import BACKBONES
-    from roli.config import ThreatConfig
     from roli.backbones.convert import CONVERTERS
     from roli.backbones.known import known_checkpoints
+    from roli.config import ThreatConfig
     from roli.data import DATASETS
     from roli.transfer import TRANSFER
 

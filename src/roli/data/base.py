@@ -4,7 +4,6 @@ only on (seed, epoch)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,7 +142,7 @@ def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_cla
         info["limit_rule"] = LIMIT_RULE
     for k, d in out.items():
         info[f"{k}_size"] = len(d)
-        info[f"{k}_classes"] = int(len(np.unique(split_labels(d))))
+        info[f"{k}_classes"] = len(np.unique(split_labels(d)))
         info[f"{k}_hash"] = membership_hash(getattr(d, "membership", d.indices))
     info.update(extra or {})
     return Splits(out["train"], out["val"], out["test"], num_classes, info)

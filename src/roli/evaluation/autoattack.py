@@ -9,15 +9,14 @@ path skips what is done and, since every sub-attack is seeded, ends with the ide
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from roli.attacks.autoattack import AutoAttack, AutoAttackConfig
 from roli.attacks.base import attack_mode

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import torch
 
+from roli import distributed
 from roli.backbones import build_model
 from roli.backbones.checkpoints import CheckpointError, load_file
 from roli.backbones.convert import sha256sum
 from roli.config import AttackConfig, Config, ThreatConfig, attack_config, config_hash, from_dict, to_dict, upgrade
 from roli.data import build_data
+from roli.device import device_name, oom_hint, pick_device
 from roli.evaluation.suite import SUITES, Suite, library_versions, run_suite
+from roli.precision import resolve
 from roli.transfer import build_transfer
 from roli.transfer.state import load_trained_state
-from roli import distributed
-from roli.device import device_name, oom_hint, pick_device
-from roli.precision import resolve
 
 log = logging.getLogger(__name__)
 

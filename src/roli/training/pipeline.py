@@ -23,20 +23,28 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from roli import distributed
 from roli.attacks import build_attack
 from roli.backbones import build_model
 from roli.backbones.checkpoints import load_file
 from roli.backbones.convert import sha256sum
-from roli.config import (BackboneConfig, Config, ConfigError, TransferConfig, config_hash, dump_config, load_config,
-                         to_dict)
-from roli.device import deterministic, device_name, oom_hint, pick_device
 from roli.backbones.custom import from_module, module_digest
+from roli.config import (
+    BackboneConfig,
+    Config,
+    ConfigError,
+    TransferConfig,
+    config_hash,
+    dump_config,
+    load_config,
+    to_dict,
+)
 from roli.data import DataError, Splits, build_data
 from roli.data.custom import from_datasets
+from roli.device import deterministic, device_name, oom_hint, pick_device
 from roli.errors import ResultsError, RunDirError
-from roli.files import atomic_write_json, discard_unstarted, read_json
 from roli.evaluation.accuracy import evaluate
-from roli import distributed
+from roli.files import atomic_write_json, discard_unstarted, read_json
 from roli.precision import run_precision
 from roli.training.trainer import TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer

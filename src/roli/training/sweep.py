@@ -237,7 +237,7 @@ def torchrun_cell(cell: Cell, cfg: Config, out: Path, nproc: int, resume: bool) 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "roli",
            "run", *target]
     log.info("sweep: %s", " ".join(cmd))
-    done = subprocess.run(cmd)
+    done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun exited with {done.returncode} (its output above names the failing rank)")
     return read_json(out / cell.name / "results.json", "results file")

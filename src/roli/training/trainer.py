@@ -21,9 +21,9 @@ from roli.backbones.normalize import Classifier
 from roli.config import Config, to_dict
 from roli.data.base import Splits
 from roli.device import oom_hint
+from roli.distributed import barrier, check_batch, data_parallel, global_batches, sharded_loader, world
 from roli.errors import TrainingFailed
 from roli.evaluation.accuracy import evaluate
-from roli.distributed import barrier, check_batch, data_parallel, global_batches, sharded_loader, world
 from roli.precision import run_precision
 from roli.training.loop import NonFiniteLoss, train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler

@@ -11,7 +11,6 @@ from roli.config import TransferConfig
 from roli.errors import UnsupportedBackbone  # noqa: F401  (raised by the methods, imported from here)
 from roli.registry import TRANSFER
 
-
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 

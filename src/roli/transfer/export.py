@@ -16,7 +16,6 @@ import copy
 import json
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from roli.backbones.checkpoints import CheckpointError, save_new
