@@ -209,8 +209,8 @@ class Stage1Config(TrainConfig):
     warmup_epochs: float = 0.0
 
 
-def _pgd(steps: int) -> Any:
-    return lambda: attack_config("pgd", steps=steps)
+def _pgd(steps: int, select: str = "best") -> Any:
+    return lambda: attack_config("pgd", steps=steps, select=select)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -246,7 +246,7 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
-    attack: AttackConfig = field(default_factory=_pgd(7))  # the training attack (PGD-AT)
+    attack: AttackConfig = field(default_factory=_pgd(7, "last"))  # the training attack (Madry's PGD-AT)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)  # RoLI stage 1 (adversarial linear probing)

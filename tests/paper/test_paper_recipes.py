@@ -70,7 +70,7 @@ def test_swin_cell_matches_the_paper(method, init, dataset, lr, wd):
         assert cfg.transfer.num_tokens == (20 if dataset == "cub200" else 10)
     # Reference quirks that change numbers are off by default (protocol §10)
     assert cfg.transfer.head_init == "paper"  # the paper's RanLI head (B12): the comparison is about init
-    assert cfg.attack.select == "best" and cfg.backbone.drop_path_rate == 0 and cfg.backbone.proj_drop_rate == 0
+    assert cfg.attack.select == "last" and ev.select == "best" and cfg.backbone.drop_path_rate == 0 and cfg.backbone.proj_drop_rate == 0
     if method == "lora":  # the reference's LoRA dropout was never active (B8)
         assert cfg.transfer.dropout == 0
     assert getattr(cfg.transfer, "adapter_init", "standard") == "standard"
