@@ -147,3 +147,90 @@ def test_paper_grid_dry_run(capsys):
     p = plan(REPO / "recipes" / "paper" / "grid.yaml")
     assert all(h is not None and h > 0 for h in p.costs)
     assert describe(p).count("\n") == len(p.cells) + 3
+
+
+# --------------------------------------------------------------------------- measured step costs (benchmarks/run.py)
+
+def _bench(tmp_path, name: str, device: str, device_name: str, **entry) -> Path:
+    """A hand-written benchmark result: one PGD-2 step of vit_tiny_28 at 28 px, with its parts."""
+    row = {"arch": "vit_tiny_28", "transfer": "full_finetune", "resolution": 28, "batch": 128, "precision": "fp32",
+           "attack_steps": 2, "select": "best", "seconds_per_image": 0.0044, "attack_pass_seconds_per_image": 0.001,
+           "train_pass_seconds_per_image": 0.002, "forward_seconds_per_image": 0.0004, "device": device,
+           "device_name": device_name, "date": "2026-12-01", **entry}
+    path = tmp_path / name
+    path.write_text(json.dumps({"format": "roli-benchmark/1", "machine": {"device_name": device_name},
+                                "step_costs": [row]}))
+    return path
+
+
+def _with_cost(grid: Path, cost: dict) -> Path:
+    data = yaml.safe_load(grid.read_text())
+    grid.write_text(yaml.safe_dump({**data, "cost": cost}, sort_keys=False))
+    return grid
+
+
+def test_dry_run_uses_a_gpu_measurement(grid, tmp_path, capsys):
+    _bench(tmp_path, "bench.json", "cuda", "NVIDIA H100 80GB HBM3")
+    p = plan(_with_cost(grid, {"measured": "bench.json"}))  # relative to the grid file
+    # full_finetune-ranli: 1 epoch; 64 train images x PGD-2 step, 32 val + 32 test images x (PGD-3 + clean).
+    # overhead = 0.0044 / (2 x 0.001 + 0.002) = 1.1; train 1.1 x 0.004; eval 1.1 x 3 x 0.001 + 3 x 0.0004.
+    train, ev = 1.1 * 0.004, 1.1 * 3 * 0.001 + 3 * 0.0004
+    assert p.estimates[1].gpu_hours == pytest.approx((64 * train + 32 * ev + 32 * ev) / 3600)
+    assert p.costs[1] == p.estimates[1].gpu_hours
+    assert p.estimates[1].gpu_source == "measured on NVIDIA H100 80GB HBM3 on 2026-12-01"
+    assert p.estimates[1].cpu_hours is None
+    assert main(["sweep", str(grid), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "GPU-hours measured on NVIDIA H100 80GB HBM3 on 2026-12-01 for vit_tiny_28" in text
+    assert "assumed for" not in text and "CPU-h" not in text
+
+
+def test_a_cpu_measurement_gives_cpu_hours_never_gpu_hours(grid, tmp_path, capsys):
+    name = "Intel Xeon (AVX512, 2 threads)"
+    _bench(tmp_path, "cpu.json", "cpu", name, resolution=56)  # measured at 56 px: scaled by (28/56)^2
+    p = plan(_with_cost(grid, {"measured": [str(tmp_path / "cpu.json")]}))
+    e = p.estimates[1]
+    assert e.gpu_hours is None and e.gpu_source is None  # vit_tiny_28 is not in the assumed table either
+    train, ev = 1.1 * 0.004, 1.1 * 3 * 0.001 + 3 * 0.0004
+    assert e.cpu_hours == pytest.approx(0.25 * (64 * train + 64 * ev) / 3600)
+    assert e.cpu_source == f"measured on {name} on 2026-12-01 (scaled from 56 px)"
+    assert main(["sweep", str(grid), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "est. CPU-h" in text and f"CPU-hours measured on {name} on 2026-12-01" in text
+    assert "GPU-hours measured" not in text
+    assert f"No GPU-hours for vit_tiny_28: no GPU measurement in {tmp_path / 'cpu.json'} and no assumed rate" in text
+
+
+def test_paper_grid_gpu_hours_stay_assumed_with_a_cpu_measurement(tmp_path):
+    bench = _bench(tmp_path, "cpu.json", "cpu", "some CPU", arch="vit_base_patch16_224", resolution=224)
+    grid = tmp_path / "grid.yaml"
+    data = yaml.safe_load((REPO / "recipes" / "paper" / "grid.yaml").read_text())
+    data["recipe"] = str(REPO / "recipes" / "paper" / data["recipe"])
+    grid.write_text(yaml.safe_dump({**data, "cost": {**data["cost"], "measured": str(bench)}}))
+    assumed = plan(REPO / "recipes" / "paper" / "grid.yaml")
+    p = plan(grid)
+    assert p.costs == assumed.costs  # GPU-hours unchanged by a CPU timing
+    vit = [e for c, e in zip(p.cells, p.estimates) if c.name.startswith("vit_b")]
+    assert all(e.gpu_source == "assumed" and e.cpu_hours > 0 for e in vit)
+    assert "CPU-hours measured on some CPU on 2026-12-01 for vit_base_patch16_224" in describe(p)
+
+
+def test_bad_measured_files(grid, tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_grid(_with_cost(grid, {"measured": "missing.json"}))
+    (tmp_path / "x.json").write_text(json.dumps({"step_costs": []}))
+    with pytest.raises(ConfigError, match="not a roli benchmark result"):
+        load_grid(_with_cost(grid, {"measured": "x.json"}))
+    _bench(tmp_path, "neg.json", "cuda", "gpu", seconds_per_image=-1)
+    with pytest.raises(ConfigError, match="seconds_per_image must be a positive number"):
+        load_grid(_with_cost(grid, {"measured": "neg.json"}))
+    with pytest.raises(ConfigError, match=r"cost: unknown key\(s\) \['measure'\]"):
+        load_grid(_with_cost(grid, {"measure": "x.json"}))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.name)
+def test_committed_benchmark_results_load(path):
+    from roli.training.costs import load_step_costs
+
+    costs = load_step_costs(path)
+    assert all(c.seconds_per_image > 0 and c.has_parts and 0.5 < c.overhead < 5 for c in costs)

@@ -7,8 +7,11 @@ stage 1 of the grid's linear-probe cell with the same settings (the pipeline's s
 
 `--shard i/n` runs the i-th (1-based) of n slices, the same on every machine, with no coordinator: cells that share
 a RoLI stage 1 stay together, and the groups are balanced by estimated cost. `--dry-run` prints the cells and their
-estimated GPU-hours: images through the backbone x (PGD steps + 1) / an assumed images-per-second table (`cost:`
-in the grid, else COST below). The estimates are assumptions, not measurements.
+estimated GPU-hours. With `cost: {measured: FILE}` in the grid (a JSON written by `python benchmarks/run.py`; a
+path relative to the grid, or a list of them), an architecture measured on a GPU is costed from its measured PGD-AT
+step (roli.training.costs); every other one from an assumed images-per-second table (`cost: {images_per_s: ...}`,
+else COST below): images through the backbone x (PGD steps + 1) / that rate. A CPU measurement never becomes
+GPU-hours: it is shown as CPU-hours beside them. The dry run says which source each number came from.
 """
 
 from __future__ import annotations
@@ -25,19 +28,25 @@ import yaml
 from roli.config import AttackConfig, Config, ConfigError, dump_config, load_config, to_dict
 from roli.errors import ResultsError, RunDirError
 from roli.files import TEMP_SUFFIX, atomic_write_json, read_json
+from roli.training.costs import StepCost, load_step_costs, pick
 
 log = logging.getLogger(__name__)
 
 # Assumed forward+backward images/s at 224x224 for one training pass on one A100-class GPU (fp32 with TF32 matmuls,
 # batch 64). NOT measured by roli (it was developed without a GPU); replace them in the grid's `cost:` with your
-# own numbers, e.g. from benchmarks/pgd_at_step.py. An H100 is roughly 1.5-2x faster.
+# own numbers: `cost: {measured: benchmarks/results/<file>.json}` (benchmarks/run.py). An H100 is roughly 1.5-2x faster.
 COST = {"gpu": "A100-class GPU (assumed throughput, not measured)",
         "images_per_s": {"swin_base_patch4_window7_224": 250.0, "vit_base_patch16_224": 400.0, "resnet50": 900.0}}
 # The paper's split sizes (protocol §4): train, val, test.
 PAPER_SIZES = {"cifar10": (45_000, 5_000, 10_000), "cifar100": (45_000, 5_000, 10_000),
                "caltech256": (14_649, 771, 15_187), "cub200": (5_394, 600, 5_794),
                "stanford_dogs": (10_800, 1_200, 8_580)}
+# The shipped copies (no data.root): train+val pool and test; val = round(pool x data.val_fraction).
+SHIPPED_SIZES = {"mnist": (8_000, 2_000), "fashion_mnist": (10_000, 2_000), "synthetic": (600, 200)}
+OFFICIAL_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}  # the idx files in data.root
+NATIVE_RES = {"mnist": 28, "fashion_mnist": 28, "synthetic": 28, "cifar10": 32, "cifar100": 32}
 GRID_KEYS = ("recipe", "axes", "seeds", "exclude", "set", "out", "cost")
+COST_KEYS = ("gpu", "images_per_s", "measured")
 
 
 @dataclass(frozen=True)
@@ -93,9 +102,30 @@ def load_grid(path: str | Path) -> Grid:
     overrides = data.get("set") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise ConfigError(f"{path}: `set:` must be a list of KEY=VALUE strings, got {overrides!r}")
-    cost = {**COST, **(data.get("cost") or {})}
+    cost = load_cost(data.get("cost") or {}, path)
     return Grid(path, data["recipe"], axes, seeds, list(data.get("exclude") or []), list(data.get("set") or []),
                 data.get("out") or "runs/sweep", cost)
+
+
+def load_cost(raw: Any, grid_path: Path) -> dict[str, Any]:
+    """The grid's `cost:` over COST; `measured:` files (relative to the grid, else to the working directory) are
+    read into `step_costs`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{grid_path}: cost must be a mapping with keys {list(COST_KEYS)}")
+    unknown = [k for k in raw if k not in COST_KEYS]
+    if unknown:
+        raise ConfigError(f"{grid_path}: cost: unknown key(s) {unknown}; valid keys are {list(COST_KEYS)}")
+    cost = {**COST, **raw}
+    files = raw.get("measured") or []
+    files = [files] if isinstance(files, str) else files
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ConfigError(f"{grid_path}: cost.measured must be a file name or a list of them, got {files!r}")
+    step_costs: list[StepCost] = []
+    for f in files:
+        near = grid_path.parent / f
+        step_costs += load_step_costs(near if near.is_file() or Path(f).is_absolute() else Path(f))
+    cost["step_costs"] = step_costs
+    return cost
 
 
 def _excluded(values: dict[str, str], rules: list[dict[str, Any]]) -> bool:
@@ -147,18 +177,83 @@ def attack_passes(attack: AttackConfig) -> float:
     return getattr(attack, "steps", 1) * getattr(attack, "restarts", 1) if attack.name != "autoattack" else 1000
 
 
-def estimate_hours(cfg: Config, cost: dict[str, Any]) -> float | None:
-    """GPU-hours of one run: every image through the backbone costs one fwd+bwd per PGD step plus one."""
-    ips = cost["images_per_s"].get(_arch(cfg))
-    sizes = PAPER_SIZES.get(cfg.data.name)
-    if ips is None or sizes is None:
+def split_sizes(cfg: Config) -> tuple[int, int, int] | None:
+    """(train, val, test) images of a run, after the limits; None for a dataset of unknown size."""
+    d = cfg.data
+    table = OFFICIAL_SIZES if d.root else SHIPPED_SIZES
+    if d.name in PAPER_SIZES:
+        sizes = PAPER_SIZES[d.name]
+    elif d.name in table:
+        pool, test = table[d.name]
+        val = round(pool * d.val_fraction)
+        sizes = (pool - val, val, test)
+    else:
         return None
-    limits = (cfg.data.train_limit, cfg.data.val_limit, cfg.data.test_limit)
-    n_train, n_val, n_test = (min(n, lim) if lim else n for n, lim in zip(sizes, limits))
-    train_passes = attack_passes(cfg.attack) + 1 if cfg.train.adversarial else 1
-    eval_passes = attack_passes(cfg.eval.attack) + 1 / 3  # the attack + a clean forward (~1/3 of fwd+bwd)
-    images = cfg.train.epochs * (n_train * train_passes + n_val * eval_passes) + n_test * eval_passes
-    return images / ips / 3600
+    limits = (d.train_limit, d.val_limit, d.test_limit)
+    return tuple(min(n, lim) if lim else n for n, lim in zip(sizes, limits))  # type: ignore[return-value]
+
+
+def resolution(cfg: Config) -> int:
+    """The side in pixels the backbone computes at: its input_size, else the data's own size."""
+    return cfg.backbone.input_size or NATIVE_RES.get(cfg.data.name, cfg.data.crop_size)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Hours of one run and where the numbers came from ("measured on ... on DATE" or "assumed")."""
+
+    gpu_hours: float | None
+    gpu_source: str | None
+    cpu_hours: float | None = None
+    cpu_source: str | None = None
+
+    def __add__(self, other: Estimate) -> Estimate:
+        add = lambda a, b: None if a is None or b is None else a + b
+        return Estimate(add(self.gpu_hours, other.gpu_hours), self.gpu_source or other.gpu_source,
+                        add(self.cpu_hours, other.cpu_hours), self.cpu_source or other.cpu_source)
+
+
+def _measured_hours(cfg: Config, sizes: tuple[int, int, int], costs: list[StepCost],
+                    gpu: bool) -> tuple[float | None, str | None]:
+    res = resolution(cfg)
+    train = pick(costs, _arch(cfg), cfg.transfer.name, cfg.train.precision, res, gpu)
+    evals = pick(costs, _arch(cfg), cfg.transfer.name, getattr(cfg.eval, "precision", "fp32"), res, gpu)
+    if train is None or evals is None:
+        return None, None
+    (tc, t_scale), (ec, e_scale) = train, evals
+    n_train, n_val, n_test = sizes
+    steps = attack_passes(cfg.attack) if cfg.train.adversarial else 0
+    per_train = tc.train_seconds(steps) * t_scale
+    per_eval = ec.eval_seconds(attack_passes(cfg.eval.attack)) * e_scale
+    seconds = cfg.train.epochs * (n_train * per_train + n_val * per_eval) + n_test * per_eval
+    src = tc.describe() + (f" (scaled from {tc.resolution} px)" if tc.resolution != res else "")
+    return seconds / 3600, src
+
+
+def estimate(cfg: Config, cost: dict[str, Any]) -> Estimate:
+    """GPU-hours (from a GPU measurement of the architecture, else the assumed table) and, where a CPU measurement
+    of it exists, CPU-hours."""
+    sizes = split_sizes(cfg)
+    if sizes is None:
+        return Estimate(None, None)
+    step_costs = cost.get("step_costs") or []
+    gpu_hours, gpu_src = _measured_hours(cfg, sizes, step_costs, gpu=True)
+    if gpu_hours is None:
+        ips = cost["images_per_s"].get(_arch(cfg))
+        if ips is not None:
+            n_train, n_val, n_test = sizes
+            train_passes = attack_passes(cfg.attack) + 1 if cfg.train.adversarial else 1
+            eval_passes = attack_passes(cfg.eval.attack) + 1 / 3  # the attack + a clean forward (~1/3 of fwd+bwd)
+            images = cfg.train.epochs * (n_train * train_passes + n_val * eval_passes) + n_test * eval_passes
+            gpu_hours, gpu_src = images / ips / 3600, "assumed"
+    cpu_hours, cpu_src = _measured_hours(cfg, sizes, step_costs, gpu=False)
+    return Estimate(gpu_hours, gpu_src, cpu_hours, cpu_src)
+
+
+def estimate_hours(cfg: Config, cost: dict[str, Any]) -> float | None:
+    """GPU-hours of one run: from a GPU measurement of its architecture (the grid's `cost.measured`), else every
+    image through the backbone costs one fwd+bwd per PGD step plus one at the assumed images/s."""
+    return estimate(cfg, cost).gpu_hours
 
 
 def stage1_group(cfg: Config) -> str | None:
@@ -168,18 +263,22 @@ def stage1_group(cfg: Config) -> str | None:
     return stage1_key(stage1_config(cfg)) if cfg.transfer.init == "roli" else stage1_key(cfg)
 
 
-def cell_costs(configs: list[Config], cost: dict[str, Any]) -> list[float | None]:
+def cell_estimates(configs: list[Config], cost: dict[str, Any]) -> list[Estimate]:
     from roli.training.pipeline import stage1_config
 
     provided = {stage1_group(c) for c in configs if c.transfer.init != "roli"} - {None}
     out = []
     for cfg in configs:
-        hours = estimate_hours(cfg, cost)
-        if hours is not None and cfg.transfer.init == "roli" and stage1_group(cfg) not in provided:
-            s1 = estimate_hours(stage1_config(cfg), cost)  # no grid cell provides this stage 1: it runs here
-            hours = None if s1 is None else hours + s1
-        out.append(hours)
+        est = estimate(cfg, cost)
+        if cfg.transfer.init == "roli" and stage1_group(cfg) not in provided:
+            est = est + estimate(stage1_config(cfg), cost)  # no grid cell provides this stage 1: it runs here
+        out.append(est)
     return out
+
+
+def cell_costs(configs: list[Config], cost: dict[str, Any]) -> list[float | None]:
+    """GPU-hours per cell (a RoLI cell whose stage 1 no grid cell provides includes it)."""
+    return [e.gpu_hours for e in cell_estimates(configs, cost)]
 
 
 def shard_of(configs: list[Config], costs: list[float | None], n: int) -> list[int]:
@@ -280,6 +379,7 @@ class Plan:
     shards: list[int]
     shard: tuple[int, int]
     out: Path
+    estimates: list[Estimate] = field(default_factory=list)
 
     def selected(self) -> list[int]:
         return [i for i, s in enumerate(self.shards) if s == self.shard[0] - 1]
@@ -291,27 +391,64 @@ def plan(grid_path: str | Path, shard: str = "1/1", out: str | None = None, over
     i, n = parse_shard(shard)
     cells = expand(grid, list(overrides))
     configs = [cell_config(c) for c in cells]
-    costs = cell_costs(configs, grid.cost)
-    return Plan(grid, cells, configs, costs, shard_of(configs, costs, n), (i, n), Path(out or grid.out))
+    estimates = cell_estimates(configs, grid.cost)
+    costs = [e.gpu_hours for e in estimates]
+    return Plan(grid, cells, configs, costs, shard_of(configs, costs, n), (i, n), Path(out or grid.out), estimates)
+
+
+def _hours(h: float | None) -> str:
+    return "?" if h is None else f"{h:.1f}" if h >= 0.05 else f"{h:.3f}"
+
+
+def _sources(configs: list[Config], ests: list[Estimate], kind: str) -> dict[str, list[str]]:
+    """source -> the architectures costed from it."""
+    out: dict[str, list[str]] = {}
+    for cfg, e in zip(configs, ests):
+        src = e.gpu_source if kind == "gpu" else e.cpu_source
+        if src is not None and _arch(cfg) not in out.setdefault(src, []):
+            out[src].append(_arch(cfg))
+    return out
 
 
 def describe(p: Plan) -> str:
-    """The dry-run table: every cell of the grid, its shard, status and estimated GPU-hours."""
+    """The dry-run table: every cell of the grid, its shard, status and estimated GPU-hours (suffix m = measured on
+    a GPU, a = assumed), plus CPU-hours where the grid's measurements include CPU timings of the architecture; the
+    last lines say which source each number came from."""
     width = max(len(c.name) for c in p.cells)
+    ests = p.estimates or [Estimate(h, None if h is None else "assumed") for h in p.costs]
+    show_cpu = any(e.cpu_hours is not None for e in ests)
     lines = [(f"grid {p.grid.path}: {len(p.cells)} cells, out {p.out}, shard {p.shard[0]}/{p.shard[1]} "
               f"({len(p.selected())} cells)"),
-             f"{'#':>4}  {'shard':>5}  {'cell':<{width}}  {'status':<8}  est. GPU-h  recipe"]
-    for i, (cell, hours) in enumerate(zip(p.cells, p.costs)):
+             f"{'#':>4}  {'shard':>5}  {'cell':<{width}}  {'status':<8}  est. GPU-h  "
+             + ("est. CPU-h  " if show_cpu else "") + "recipe"]
+    for i, (cell, e) in enumerate(zip(p.cells, ests)):
         mark = "*" if p.shards[i] == p.shard[0] - 1 else " "
-        est = f"{hours:10.1f}" if hours is not None else f"{'?':>10}"
+        how = " " if e.gpu_source is None else "a" if e.gpu_source == "assumed" else "m"
+        cpu = f"{_hours(e.cpu_hours):>10}  " if show_cpu else ""
         lines.append(f"{i + 1:>4}{mark} {p.shards[i] + 1:>5}  {cell.name:<{width}}  {cell_status(p.out, cell):<8}  "
-                     f"{est}  {cell.recipe}")
+                     f"{_hours(e.gpu_hours):>9}{how}  {cpu}{cell.recipe}")
     known = [h for h in p.costs if h is not None]
     per_shard = [sum(h or 0 for h, s in zip(p.costs, p.shards) if s == k) for k in range(p.shard[1])]
     lines.append(f"total: ~{sum(known):,.0f} GPU-hours for {len(known)} cells with a cost estimate "
                  f"({len(p.cells) - len(known)} without); per shard: {', '.join(f'{h:,.0f}' for h in per_shard)}")
-    lines.append(f"estimates assume {p.grid.cost['gpu']}: fwd+bwd images/s {p.grid.cost['images_per_s']}; "
-                 "GPU-h = images x (PGD steps + 1) / that rate. * = in this shard.")
+    gpu_sources = _sources(p.configs, ests, "gpu")
+    assumed = gpu_sources.pop("assumed", None)
+    files = sorted({c.source for c in p.grid.cost.get("step_costs") or []})
+    notes = [f"GPU-hours {src} for {', '.join(archs)} ({', '.join(files)}): roli's PGD-AT step and its parts as "
+             "measured, scaled to each cell's PGD steps (m)." for src, archs in gpu_sources.items()]
+    if assumed:
+        notes.append(f"GPU-hours assumed for {', '.join(assumed or []) or 'no cell'} (a): {p.grid.cost['gpu']}, "
+                     f"fwd+bwd images/s {p.grid.cost['images_per_s']}; GPU-h = images x (PGD steps + 1) / that rate.")
+    unknown = sorted({_arch(c) for c, e in zip(p.configs, ests) if e.gpu_hours is None})
+    if unknown:
+        notes.append(f"No GPU-hours for {', '.join(unknown)}: no GPU measurement"
+                     + (f" in {', '.join(files)}" if files else "") + " and no assumed rate (or an unknown dataset "
+                     "size).")
+    lines += notes[:-1] + [notes[-1] + " * = in this shard."]
+    for src, archs in _sources(p.configs, ests, "cpu").items():
+        total = sum(e.cpu_hours for e in ests if e.cpu_source == src and e.cpu_hours is not None)
+        lines.append(f"CPU-hours {src} for {', '.join(archs)}: ~{total:,.1f} CPU-hours in all (a CPU measurement "
+                     "is never used for GPU-hours).")
     return "\n".join(lines)
 
 
