@@ -39,3 +39,12 @@ def test_tensorboard_without_the_package_is_a_clear_error(fast_cfg, tmp_path):
 def test_tensorboard_writes_event_files(fast_cfg, tmp_path):
     run(fast_cfg(["run.tensorboard=true", "train.epochs=1"]), out=tmp_path, name="tb")
     assert list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow  # torch.compile takes ~30 s on 2 cores
+def test_compile_switch_keeps_the_checkpoint_keys(fast_cfg, tmp_path):
+    import torch
+
+    res = run(fast_cfg(["run.compile=true", "train.epochs=1", "transfer.name=linear_probe"]), out=tmp_path, name="c")
+    keys = set(torch.load(tmp_path / "c" / "best.pt", weights_only=True)["model"])
+    assert res["status"] == "complete" and not any("_orig_mod" in k for k in keys)

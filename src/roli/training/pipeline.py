@@ -241,6 +241,18 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         handler.close()
 
 
+def accelerate(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
+    """GPU habits that change no number: cuDNN autotuning (unless deterministic), channels_last for convolutional
+    backbones, and `run.compile` (torch.compile of the network in place, so checkpoint keys stay the same)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.run.deterministic
+        if any(isinstance(m, nn.Conv2d) and m.kernel_size != m.stride for m in model.modules()):  # not patch embeds
+            model = model.to(memory_format=torch.channels_last)
+    if cfg.run.compile:
+        model.net.compile()
+    return model
+
+
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
                     t0: float, custom: Custom | None = None) -> dict:
     w, device = distributed.init(cfg.run.device)
@@ -258,7 +270,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     init_ranli(model, cfg.transfer)
     if stage1 is not None:
         init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])
-    model = build_transfer(cfg.transfer).apply(model).to(device)
+    model = accelerate(build_transfer(cfg.transfer).apply(model).to(device), cfg, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results = {
         "status": "running", "run_dir": str(run_dir), "recipe": recipe,
