@@ -62,8 +62,8 @@ def main() -> None:
               "speedup": round(speedup, 3), "scaling_efficiency": round(speedup / args.nproc, 3),
               "same_val_robust": one["val_robust"] == many["val_robust"]}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ddp-{report['date'][:10]}-{report['cpu_capability']}.json"
+    (out / "ddp").mkdir(parents=True, exist_ok=True)  # beside, not among, the run.py results the sweep reads
+    path = out / "ddp" / f"{report['date'][:10]}-{report['cpu_capability']}.json"
     path.write_text(json.dumps(report, indent=2))
     print("| processes x threads | train img/s | train s | val s |\n|---|---|---|---|")
     for r in (one, many):
