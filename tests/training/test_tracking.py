@@ -48,3 +48,13 @@ def test_compile_switch_keeps_the_checkpoint_keys(fast_cfg, tmp_path):
     res = run(fast_cfg(["run.compile=true", "train.epochs=1", "transfer.name=linear_probe"]), out=tmp_path, name="c")
     keys = set(torch.load(tmp_path / "c" / "best.pt", weights_only=True)["model"])
     assert res["status"] == "complete" and not any("_orig_mod" in k for k in keys)
+
+
+def test_outside_a_terminal_each_evaluation_logs_one_line(fast_cfg, tmp_path, caplog):
+    """Batch jobs have no progress bars: the log says what each epoch and each evaluation measured."""
+    with caplog.at_level("INFO", logger="roli"):
+        run(fast_cfg(["train.epochs=1"]), out=tmp_path, name="log")
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("epoch 1/1: loss") for m in lines)
+    evals = [m for m in lines if m.startswith("pgd: clean") and "robust" in m]
+    assert len(evals) == 2  # validation and test

@@ -9,6 +9,8 @@ correctly (a misclassified clean input is a point of the ball, so it is never ro
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from collections.abc import Mapping
 
@@ -20,6 +22,8 @@ from tqdm.auto import tqdm
 from roli.attacks.base import Attack
 from roli.distributed import sum_over_ranks, world
 from roli.precision import FP32, Precision
+
+log = logging.getLogger(__name__)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -68,6 +72,9 @@ def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None,
         model.train(was_training)
     correct, robust, n = (int(v) for v in sum_over_ranks([correct, robust, n], device))  # exact counts over ranks
     secs = time.perf_counter() - t0
+    if not sys.stderr.isatty():  # no progress bar outside a terminal (tqdm hides itself): one line per evaluation
+        log.info("%s: clean %.2f%%%s on %d images (%.1f s)", desc, 100.0 * correct / max(n, 1),
+                 f", robust {100.0 * robust / max(n, 1):.2f}%" if attack is not None else "", n, secs)
     if attack is None:
         return {"acc": 100.0 * correct / max(n, 1), "n": n, "seconds": round(secs, 3), "images_per_s": _rate(n, secs)}
     attack_secs = secs - clean_secs
