@@ -163,6 +163,16 @@ def _sweep(a: argparse.Namespace) -> int:
     return 1 if outcome["failed"] else 0
 
 
+def _tune(a: argparse.Namespace) -> int:
+    from roli.training.tune import parse_lrs, tune
+
+    out = Path(a.out or f"runs/tune/{Path(a.recipe).stem}")
+    result = tune(a.recipe, parse_lrs(a.lr), out, epochs=a.epochs, overrides=a.set)
+    print((out / "tune.md").read_text())
+    print(f"chosen lr {result['chosen']['lr']:g} -> {result['tuned_recipe']}")
+    return 0
+
+
 def _report(a: argparse.Namespace) -> int:
     from roli.evaluation.report import write_report
 
@@ -248,6 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="run each cell under torchrun with N processes (one per GPU); default 1 = in this process")
     sw.set_defaults(func=_sweep)
+
+    t = sub.add_parser("tune", help="choose train.lr on validation robust accuracy (successive halving; resumable)")
+    t.add_argument("recipe")
+    t.add_argument("--lr", required=True, help="candidate learning rates, e.g. 1e-4,3e-4,1e-3")
+    t.add_argument("--epochs", type=int, default=1, help="epochs of the first round; doubled every round (default 1)")
+    t.add_argument("--out", help="folder for the trials and tune.md (default runs/tune/<recipe>)")
+    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every trial")
+    t.set_defaults(func=_tune)
 
     rep = sub.add_parser("report", help="collect results.json of runs into report.md, CSV and plots")
     rep.add_argument("dirs", nargs="+")

@@ -1,0 +1,54 @@
+"""roli tune: the learning rate chosen by successive halving on validation robust accuracy, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from roli.cli.main import main
+from roli.config import ConfigError, dump_config, load_config
+from roli.training import tune as tune_mod
+from roli.training.tune import parse_lrs, tune
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def recipe(fast_cfg, tmp_path):
+    path = tmp_path / "r.yaml"
+    dump_config(fast_cfg(["transfer.name=linear_probe", "train.warmup_epochs=0"]), path)
+    return path
+
+
+def test_successive_halving_picks_the_best_validation_robust_lr_and_writes_a_recipe(recipe, tmp_path, capsys):
+    out = tmp_path / "tune"
+    assert main(["tune", str(recipe), "--lr", "1e-5,1e-3,3e-2", "--out", str(out)]) == 0
+    result = json.loads((out / "tune.json").read_text())
+    first, second = result["rounds"]
+    assert [s["epochs"] for s in first] == [1, 1, 1] and len(second) == 1 and second[0]["epochs"] == 2
+    ranked = sorted(first, key=lambda s: (-s["val_robust"], -s["val_clean"], s["lr"]))
+    assert second[0]["lr"] == ranked[0]["lr"] == result["chosen"]["lr"]  # the better half (of 3: 1) goes on
+    for s in first + second:  # what selection sees: validation numbers only, never test
+        assert set(s) == {"lr", "epochs", "val_robust", "val_clean", "selected_epoch", "run_dir"}
+    tuned = load_config(result["tuned_recipe"])
+    assert tuned.train.lr == result["chosen"]["lr"] and tuned.train.epochs == load_config(recipe).train.epochs
+    assert "Chosen: lr" in (out / "tune.md").read_text() and "chosen lr" in capsys.readouterr().out
+
+
+def test_a_rerun_reuses_finished_trials(recipe, tmp_path, monkeypatch):
+    out = tmp_path / "tune"
+    tune(recipe, [1e-4, 1e-2], out)
+    from roli.training import pipeline
+
+    calls = []
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: calls.append(a) or pytest.fail("trained again"))
+    again = tune(recipe, [1e-4, 1e-2], out)
+    assert calls == [] and again["chosen"]["lr"] in (1e-4, 1e-2)
+    assert tune_mod.read_json(out / "tune.json")["chosen"] == again["chosen"]
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "1e-3,1e-3", "0,1e-3", "-1"])
+def test_bad_lr_lists_are_clear_errors(text):
+    with pytest.raises(ConfigError, match="--lr"):
+        parse_lrs(text)
