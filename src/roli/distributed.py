@@ -66,10 +66,12 @@ def launched_by_torchrun() -> bool:
 
 def init(device: str = "auto", timeout_s: float = 1800) -> tuple[World, torch.device]:
     """Join the process group torchrun describes (env RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) once; returns
-    this rank's world and device (cuda:LOCAL_RANK with NCCL when CUDA is used, else CPU with gloo)."""
+    this rank's world and device: cuda:LOCAL_RANK with NCCL when CUDA is used, else CPU with gloo; in one process,
+    `pick_device(device)`."""
     from roli.device import pick_device
 
-    use_cuda = pick_device(device).type == "cuda"  # `cuda` without a GPU: a clear DeviceError
+    single = pick_device(device)  # `cuda` without a GPU: a clear DeviceError
+    use_cuda = single.type == "cuda"
     if launched_by_torchrun() and not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -77,9 +79,7 @@ def init(device: str = "auto", timeout_s: float = 1800) -> tuple[World, torch.de
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(),
                  dist.get_backend())
     w = world()
-    if use_cuda:
-        return w, torch.device("cuda", w.local_rank if w.distributed else torch.cuda.current_device())
-    return w, torch.device("cpu")
+    return w, torch.device("cuda", w.local_rank) if use_cuda and w.distributed else single
 
 
 def global_batches(n: int, batch_size: int, *, shuffle: bool, seed: int) -> list[list[int]]:

@@ -23,6 +23,21 @@ TIMING = {"train_seconds", "train_images_per_s", "val_seconds", "seconds", "pgd_
           "started", "finished", "command", "run_dir", "checkpoint", "state", "resumed", "file"}
 
 
+def write_recipe(cfg, folder: Path, name: str) -> Path:
+    """The recipe file of a test run: `cfg` as roli's own config.yaml would hold it."""
+    from roli.config import dump_config
+
+    path = folder / name
+    dump_config(cfg, path)
+    return path
+
+
+def reference_run(recipe: Path, out: Path) -> Path:
+    """The uninterrupted run of `recipe` (same seed), through the CLI; returns its run folder."""
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    return out / recipe.stem
+
+
 def killed(target: str, nth: int, roli_args: list[str], match: str | None = None) -> subprocess.CompletedProcess:
     """Run `roli ROLI_ARGS` in a subprocess that SIGKILLs itself at the `nth` call of `target` (see killer.py)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import TINY
 from miniatures import write_image_folder
-from reliability.helpers import assert_same_run, cli, snapshot, temp_files
+from reliability.helpers import assert_same_run, cli, reference_run, snapshot, temp_files, write_recipe
 from roli.backbones.checkpoints import load_file
 from roli.backbones.normalize import Classifier
 from roli.config import dump_config
@@ -33,18 +33,13 @@ RUN = ["train.epochs=2", "data.train_limit=96", "threat.eps=0.01", "attack.step_
 
 @pytest.fixture(scope="module")
 def recipe(fast_cfg, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipe") / "r.yaml"
-    dump_config(fast_cfg(RUN), path)
-    return path
+    return write_recipe(fast_cfg(RUN), tmp_path_factory.mktemp("recipe"), "r.yaml")
 
 
 @pytest.fixture(scope="module")
 def reference(recipe, tmp_path_factory) -> Path:
-    from roli.cli.main import main
-
-    out = tmp_path_factory.mktemp("reference")
-    assert main(["run", str(recipe), "--out", str(out)]) == 0
-    return out / "r"
+    """The uninterrupted run (same recipe, same seed), through the same CLI."""
+    return reference_run(recipe, tmp_path_factory.mktemp("reference"))
 
 
 def one_line(err: str) -> str:

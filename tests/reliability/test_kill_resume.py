@@ -16,7 +16,18 @@ import pytest
 import yaml
 
 from conftest import TINY
-from reliability.helpers import assert_same_run, assert_same_weights, cli, killed, numbers, snapshot, strip, temp_files
+from reliability.helpers import (
+    assert_same_run,
+    assert_same_weights,
+    cli,
+    killed,
+    numbers,
+    reference_run,
+    snapshot,
+    strip,
+    temp_files,
+    write_recipe,
+)
 from roli.backbones.checkpoints import load_file
 from roli.config import dump_config
 from roli.files import read_json
@@ -32,19 +43,13 @@ KILL = ["train.epochs=3", "data.train_limit=96", "data.eval_batch_size=16", "eva
 
 @pytest.fixture(scope="module")
 def recipe(fast_cfg, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipe") / "kill.yaml"
-    dump_config(fast_cfg(KILL), path)
-    return path
+    return write_recipe(fast_cfg(KILL), tmp_path_factory.mktemp("recipe"), "kill.yaml")
 
 
 @pytest.fixture(scope="module")
 def reference(recipe, tmp_path_factory) -> Path:
     """The uninterrupted run (same recipe, same seed), through the same CLI."""
-    from roli.cli.main import main
-
-    out = tmp_path_factory.mktemp("reference")
-    assert main(["run", str(recipe), "--out", str(out)]) == 0
-    return out / "kill"
+    return reference_run(recipe, tmp_path_factory.mktemp("reference"))
 
 
 # One run killed five times, each kill in a new process that resumed the previous one (`roli run --resume`), then

@@ -29,8 +29,7 @@ class ModuleNet(nn.Module):
         super().__init__()
         self.module = module
         self.head = head  # attached on top of features; None = the module has its own head
-        attr = next((n for n in HEAD_NAMES if isinstance(getattr(module, n, None), nn.Linear)), None)
-        self.roli_classifier = "head" if head is not None else f"module.{attr}"
+        self.roli_classifier = "head" if head is not None else f"module.{_find_head(module)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.module(x)

@@ -16,7 +16,7 @@ from roli.backbones.checkpoints import CheckpointError, load_file
 from roli.backbones.convert import sha256sum
 from roli.config import AttackConfig, Config, ThreatConfig, attack_config, config_hash, from_dict, to_dict, upgrade
 from roli.data import build_data
-from roli.device import device_name, oom_hint, pick_device
+from roli.device import device_name, oom_hint
 from roli.evaluation.suite import SUITES, Suite, library_versions, run_suite
 from roli.precision import resolve
 from roli.transfer import build_transfer
@@ -115,7 +115,6 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     """
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     w, dev = distributed.init(device)  # under torchrun: each rank evaluates its shard, counts are summed
-    dev = dev if w.distributed else pick_device(device)
     prec = resolve(precision, dev, "--precision")
     model, cfg = load_model(path, dev, backbone=backbone)
     threat_over = {k: v for k, v in (("eps", eps), ("norm", norm)) if v is not None}

@@ -41,7 +41,7 @@ from roli.config import (
 )
 from roli.data import DataError, Splits, build_data
 from roli.data.custom import from_datasets
-from roli.device import deterministic, device_name, oom_hint, pick_device
+from roli.device import deterministic, device_name, oom_hint
 from roli.errors import ResultsError, RunDirError
 from roli.evaluation.accuracy import evaluate
 from roli.files import atomic_write_json, discard_unstarted, read_json
@@ -256,8 +256,6 @@ def accelerate(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
                     t0: float, custom: Custom | None = None) -> dict:
     w, device = distributed.init(cfg.run.device)
-    if not w.distributed:
-        device = pick_device(cfg.run.device)
     precision = run_precision(cfg, device, warn=False)  # fp16 on a CPU fails here, before any work; fit() warns
     torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) // w.size))
     seed_everything(cfg.run.seed)

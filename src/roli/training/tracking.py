@@ -6,25 +6,23 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 
 from roli.config import ConfigError
+from roli.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 def write_metrics_csv(history: list[dict], run_dir: Path) -> Path:
-    """One row per epoch with every history field; written to a temp file and renamed (never half a file)."""
+    """One row per epoch with every history field; written atomically (never half a file)."""
     path = run_dir / "metrics.csv"
     fields = list(dict.fromkeys(k for row in history for k in row))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(history)
-    tmp = path.with_name(".metrics.csv.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    atomic_write_text(path, buf.getvalue())
     return path
 
 

@@ -86,8 +86,8 @@ def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1,
 
 def markdown(result: dict) -> str:
     lines = [f"# roli tune: {result['recipe']}", "",
-             f"Successive halving over lr {result['lrs']}, starting at {result['first_epochs']} epoch(s); selected "
-             f"on {result['selection']}.", "", "| round | lr | epochs | val robust | val clean | selected epoch |",
+             (f"Successive halving over lr {result['lrs']}, starting at {result['first_epochs']} epoch(s); selected "
+              f"on {result['selection']}."), "", "| round | lr | epochs | val robust | val clean | selected epoch |",
              "|---|---|---|---|---|---|"]
     for k, scores in enumerate(result["rounds"], 1):
         lines += [f"| {k} | {s['lr']:g} | {s['epochs']} | {s['val_robust']:.2f} | {s['val_clean']:.2f} | "

@@ -20,6 +20,7 @@ from torch import nn
 
 from roli.backbones.checkpoints import CheckpointError, save_new
 from roli.config import Config, to_dict
+from roli.files import write_atomic
 from roli.transfer.lora import merge_lora
 
 FORMATS = ("roli", "timm", "safetensors")
@@ -85,9 +86,8 @@ def export(model: nn.Module, cfg: Config, ckpt: dict, output: str | Path, fmt: s
                      **{f"net.{k}": v.detach().cpu() for k, v in net.state_dict().items()}}
         except ExportError:  # adapters/prompts: roli's own (unmerged) layout, described in the sidecar
             pass
-        tmp = output.with_name(f".{output.name}.tmp")
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "roli-classifier"})
-        tmp.rename(output)
+        tensors = {k: v.contiguous() for k, v in state.items()}
+        write_atomic(output, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "roli-classifier"}))
     else:
         keep = {k: ckpt[k] for k in ("format", "config", "classifier", "num_classes", "epoch", "val") if k in ckpt}
         save_new({**keep, "model": state}, output)
