@@ -86,6 +86,9 @@ class DataConfig:
     train_limit: int | None = None  # use only the first N examples of a split (after the seeded carve)
     val_limit: int | None = None
     test_limit: int | None = None
+    # Keep only these classes, renumbered 0..k-1 in the order given, e.g. [3, 4, 6, 7, 9]: a class-disjoint transfer
+    # task from one dataset (pretrain on the other classes). Applied before the limits; recorded in results.json.
+    classes: tuple[int, ...] | None = None
     # Image-folder datasets (Caltech-256, CUB-200, Stanford Dogs, image_folder): the reference's JSON split (a folder
     # with train.json/val.json/test.json, or one file with those three keys; each maps image path -> label).
     # None = the dataset's official split and the paper's per-class sizes, carved with `split_seed`.
@@ -101,6 +104,9 @@ class DataConfig:
         _check(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)")
         for k in ("train_limit", "val_limit", "test_limit"):
             _check(getattr(self, k) is None or getattr(self, k) >= 1, f"{k} must be >= 1 or null")
+        if self.classes is not None:
+            _check(len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes) and min(self.classes) >= 0,
+                   f"classes must list >= 2 distinct class numbers >= 0, got {list(self.classes)}")
 
 
 @dataclass(frozen=True, kw_only=True)

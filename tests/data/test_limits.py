@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from miniatures import write_caltech256, write_cifar, write_cub200, write_stanford_dogs
@@ -165,3 +166,35 @@ def test_finish_applies_the_rule_to_any_split():
     for k in ("train", "val", "test"):
         assert counts(s.split(k).labels, 4).tolist() == [2, 2, 2, 2] and s.info[f"{k}_classes"] == 4
     assert len({tuple(s.split(k).indices.tolist()) for k in ("train", "val", "test")}) == 3  # three draws
+
+
+def test_classes_keep_only_the_listed_classes_renumbered_in_order():
+    from roli.config import DataConfig
+    from roli.data.base import build_data
+
+    full = build_data(DataConfig(name="fashion_mnist", val_fraction=0.1))
+    part = build_data(DataConfig(name="fashion_mnist", classes=(3, 4, 6, 7, 9), val_fraction=0.1))
+    assert part.num_classes == 5 and part.info["classes"] == [3, 4, 6, 7, 9]
+    for split in ("train", "val", "test"):
+        whole, kept = full.split(split), part.split(split)
+        mask = np.isin(whole.labels.numpy(), [3, 4, 6, 7, 9])
+        assert len(kept) == int(mask.sum())
+        assert np.array_equal(kept.indices, whole.indices[mask])  # the same images, in the same order
+        lookup = {3: 0, 4: 1, 6: 2, 7: 3, 9: 4}
+        assert np.array_equal(kept.labels, [lookup[v] for v in whole.labels.numpy()[mask]])
+        x, y = kept[5]
+        x0, y0 = whole[int(np.flatnonzero(mask)[5])]
+        assert torch.equal(x, x0) and int(y) == lookup[int(y0)]
+    limited = build_data(DataConfig(name="fashion_mnist", classes=(3, 4), val_fraction=0.1, test_limit=50))
+    assert len(limited.test) == 50 and set(np.unique(limited.test.labels)) == {0, 1}
+
+
+def test_classes_outside_the_dataset_are_a_clear_error():
+    from roli.config import DataConfig
+    from roli.data.base import build_data
+    from roli.errors import DataError
+
+    with pytest.raises(DataError, match="not classes of fashion_mnist"):
+        build_data(DataConfig(name="fashion_mnist", classes=(3, 12)))
+    with pytest.raises(ValueError, match="distinct"):
+        DataConfig(name="fashion_mnist", classes=(3, 3))

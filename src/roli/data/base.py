@@ -115,6 +115,38 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int, split: str) -> np.nda
     return rng.permutation(np.concatenate(chosen))
 
 
+class Relabeled(Dataset):
+    """A split restricted to some classes (`data.classes`), its labels renumbered 0..k-1 in the order given."""
+
+    def __init__(self, base: Dataset, classes: tuple[int, ...]) -> None:
+        self.base, self.classes = base, tuple(classes)
+        lookup = np.full(max(self.classes) + 1, -1, dtype=np.int64)
+        lookup[list(self.classes)] = np.arange(len(self.classes))
+        self._lookup = lookup
+        self.labels = lookup[split_labels(base)]
+        self.indices = base.indices
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        x, y = self.base[i]
+        return x, torch.as_tensor(self._lookup[int(y)], dtype=torch.int64)
+
+    @property
+    def membership(self):
+        return getattr(self.base, "membership", self.base.indices)
+
+    def subset(self, idx: np.ndarray) -> Relabeled:
+        return Relabeled(self.base.subset(idx), self.classes)
+
+
+def keep_classes(d: Dataset, classes: tuple[int, ...]) -> Relabeled:
+    """The examples of `d` whose label is in `classes`, relabelled 0..k-1 in that order."""
+    labels = split_labels(d)
+    return Relabeled(d.subset(np.flatnonzero(np.isin(labels, classes))), classes)
+
+
 def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_classes: int, source: str,
            extra: dict | None = None) -> Splits:
     """Apply the configured limits and record sizes, classes present and split-membership hashes.
@@ -134,12 +166,24 @@ def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_cla
         if len(bad):
             raise DataError(f"{cfg.name} ({source}): {k} labels {bad[:5].tolist()} are outside 0..{num_classes - 1} "
                             f"({num_classes} classes); the label files do not match the classes")
+    if cfg.classes:
+        missing = [c for c in cfg.classes if c >= num_classes]
+        if missing:
+            raise DataError(f"data.classes {missing} are not classes of {cfg.name} (0..{num_classes - 1}); pick "
+                            "class numbers of the dataset")
+        parts = {k: (keep_classes(d, cfg.classes), lim) for k, (d, lim) in parts.items()}
+        for k, (d, _) in parts.items():
+            if len(d) == 0:
+                raise DataError(f"{cfg.name}: the {k} split has no example of data.classes {list(cfg.classes)}")
+        num_classes = len(cfg.classes)
     out = {}
     for k, (d, lim) in parts.items():
         out[k] = d.subset(balanced_subset(split_labels(d), lim, cfg.split_seed, k)) if lim and lim < len(d) else d
     info = {"name": cfg.name, "source": source, "num_classes": num_classes, "split_seed": cfg.split_seed}
     if any(lim for _, lim in parts.values()):
         info["limit_rule"] = LIMIT_RULE
+    if cfg.classes:
+        info["classes"] = list(cfg.classes)
     for k, d in out.items():
         info[f"{k}_size"] = len(d)
         info[f"{k}_classes"] = len(np.unique(split_labels(d)))
