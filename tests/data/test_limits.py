@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from miniatures import write_caltech256, write_cifar, write_cub200, write_stanford_dogs
 from roli.config import DataConfig

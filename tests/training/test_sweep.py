@@ -234,3 +234,46 @@ def test_committed_benchmark_results_load(path):
 
     costs = load_step_costs(path)
     assert all(c.seconds_per_image > 0 and c.has_parts and 0.5 < c.overhead < 5 for c in costs)
+
+
+def test_seeds_are_the_slowest_axis(grid):
+    data = yaml.safe_load(grid.read_text())
+    grid.write_text(yaml.safe_dump({**data, "seeds": [0, 1]}, sort_keys=False))
+    names = [c.name for c in expand(load_grid(grid))]
+    assert names == [f"{n}-s{s}" for s in (0, 1) for n in
+                     ("linear_probe-ranli", "full_finetune-ranli", "full_finetune-roli", "bitfit-roli")]
+
+
+def test_evaluate_runs_after_each_cell_once_and_the_report_reads_it(grid, monkeypatch):
+    data = yaml.safe_load(grid.read_text())
+    grid.write_text(yaml.safe_dump(sort_keys=False, data={**data, "exclude": data["exclude"] + [{"method": "full_finetune"}],
+                                    "evaluate": [{"suite": "full", "limit": 8,
+                                                  "aa": {"version": "custom", "attacks": ["apgd-ce"], "n_iter": 2}}]}))
+    p = plan(grid)
+    assert run_sweep(p)["failed"] == []
+    files = sorted(p.out.glob("*/eval-*-test-full.json"))
+    assert [f.parent.name for f in files] == ["bitfit-roli-s0", "linear_probe-ranli-s0"]
+    for f in files:
+        ev = json.loads(f.read_text())
+        assert ev["results"]["autoattack"]["n"] == 8 and ev["threat"] == TINY["threat"] | ev["threat"]
+    # Again: the files exist, nothing is evaluated twice.
+    from roli.evaluation import checkpoint
+
+    monkeypatch.setattr(checkpoint, "evaluate_checkpoint", lambda *a, **k: pytest.fail("evaluated again"))
+    assert run_sweep(plan(grid))["failed"] == []
+
+
+def test_bad_evaluate_entries_are_clear_errors(grid):
+    data = yaml.safe_load(grid.read_text())
+    for bad, words in [({"suite": "huge"}, "suite must be one of"), ({"suite": "full", "atk": 1}, "keys from"),
+                       ({"suite": "quick", "split": "dev"}, "split must be")]:
+        grid.write_text(yaml.safe_dump({**data, "evaluate": [bad]}))
+        with pytest.raises(ConfigError, match=words):
+            load_grid(grid)
+
+
+def test_stop_after_starts_no_new_cell_and_the_next_call_goes_on(grid):
+    first = run_sweep(plan(grid), stop_after=0.0)  # the first cell starts (no time has passed), then none
+    assert first["ran"] == ["linear_probe-ranli-s0"] and len(first["not_started"]) == 3
+    second = run_sweep(plan(grid))
+    assert second["complete"] == ["linear_probe-ranli-s0"] and len(second["ran"]) == 3

@@ -24,16 +24,20 @@ def recipe(fast_cfg, tmp_path):
 def test_successive_halving_picks_the_best_validation_robust_lr_and_writes_a_recipe(recipe, tmp_path, capsys):
     out = tmp_path / "tune"
     assert main(["tune", str(recipe), "--lr", "1e-5,1e-3,3e-2", "--out", str(out)]) == 0
-    result = json.loads((out / "tune.json").read_text())
+    result = json.loads((out / "r.tune.json").read_text())
     first, second = result["rounds"]
-    assert [s["epochs"] for s in first] == [1, 1, 1] and len(second) == 1 and second[0]["epochs"] == 2
+    assert [s["epochs"] for s in first] == [1, 1, 1] and [s["epochs"] for s in second] == [2, 2]
     ranked = sorted(first, key=lambda s: (-s["val_robust"], -s["val_clean"], s["lr"]))
-    assert second[0]["lr"] == ranked[0]["lr"] == result["chosen"]["lr"]  # the better half (of 3: 1) goes on
+    assert {s["lr"] for s in second} == {ranked[0]["lr"], ranked[1]["lr"]}  # the better half (of 3: 2) goes on
+    final = sorted(second, key=lambda s: (-s["val_robust"], -s["val_clean"], s["lr"]))
+    assert result["chosen"]["lr"] == final[0]["lr"]  # two left: compared once, no lone survivor trained on
     for s in first + second:  # what selection sees: validation numbers only, never test
         assert set(s) == {"lr", "epochs", "val_robust", "val_clean", "selected_epoch", "run_dir"}
     tuned = load_config(result["tuned_recipe"])
     assert tuned.train.lr == result["chosen"]["lr"] and tuned.train.epochs == load_config(recipe).train.epochs
-    assert "Chosen: lr" in (out / "tune.md").read_text() and "chosen lr" in capsys.readouterr().out
+    assert "Chosen: lr" in (out / "r.tune.md").read_text() and "chosen lr" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
+        f"r-lr{lr:g}-e{e}" for lr, e in [(1e-5, 1), (1e-3, 1), (3e-2, 1), *[(s["lr"], 2) for s in second]])
 
 
 def test_a_rerun_reuses_finished_trials(recipe, tmp_path, monkeypatch):
@@ -45,7 +49,16 @@ def test_a_rerun_reuses_finished_trials(recipe, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "run", lambda *a, **k: calls.append(a) or pytest.fail("trained again"))
     again = tune(recipe, [1e-4, 1e-2], out)
     assert calls == [] and again["chosen"]["lr"] in (1e-4, 1e-2)
-    assert tune_mod.read_json(out / "tune.json")["chosen"] == again["chosen"]
+    assert tune_mod.read_json(out / "r.tune.json")["chosen"] == again["chosen"]
+
+
+def test_the_record_folder_gets_a_tuned_recipe_with_a_relative_base(recipe, tmp_path):
+    record = tmp_path / "committed" / "tuned"
+    result = tune(recipe, [1e-4, 1e-2], tmp_path / "trials", record=record)
+    text = (record / "r.tuned.yaml").read_text()
+    assert "base: ../../r.yaml" in text and (record / "r.tune.md").is_file() and (record / "r.tune.json").is_file()
+    assert load_config(record / "r.tuned.yaml").train.lr == result["chosen"]["lr"]
+    assert not (tmp_path / "trials" / "r.tuned.yaml").exists()
 
 
 @pytest.mark.parametrize("text", ["", "a,b", "1e-3,1e-3", "0,1e-3", "-1"])

@@ -58,7 +58,7 @@ def _run(a: argparse.Namespace) -> int:
 
 def _eval(a: argparse.Namespace) -> int:
     from roli.config import ConfigError, parse_overrides, parse_scalar
-    from roli.evaluation.checkpoint import evaluate_checkpoint
+    from roli.evaluation.checkpoint import eval_path, evaluate_checkpoint
     from roli.files import atomic_write_text
 
     number = (lambda v: None if v is None else parse_scalar(v, "--eps/--step-size"))  # "8/255" stays a fraction
@@ -79,9 +79,7 @@ def _eval(a: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     print(summary_line(result), file=sys.stderr)  # stdout stays pure JSON (pipe it to jq)
-    suffix = f"-{a.suite}" if a.suite else ""
-    out = Path(a.output) if a.output else Path(a.checkpoint).with_name(
-        f"eval-{result['data']['name']}-{a.split}{suffix}.json")
+    out = Path(a.output) if a.output else eval_path(a.checkpoint, result["data"]["name"], a.split, a.suite)
     if out.exists() and not a.output:
         out = out.with_name(f"{out.stem}-{result['started'].replace(':', '')}.json")
     atomic_write_text(out, text)
@@ -153,10 +151,11 @@ def _sweep(a: argparse.Namespace) -> int:
     print(describe(p))
     if a.dry_run:
         return 0
-    outcome = run_sweep(p, nproc=a.nproc)
+    outcome = run_sweep(p, nproc=a.nproc, stop_after=None if a.stop_after is None else a.stop_after * 60)
     report = write_report(p.out, finished_dirs(p))
     print(f"sweep shard {p.shard[0]}/{p.shard[1]}: {len(outcome['ran'])} ran, {len(outcome['complete'])} already "
-          f"complete, {len(outcome['failed'])} failed now, {len(outcome['skipped_failed'])} failed before; "
+          f"complete, {len(outcome['failed'])} failed now, {len(outcome['skipped_failed'])} failed before, "
+          f"{len(outcome['not_started'])} not started (--stop-after); "
           f"report: {report}")
     for line in outcome["failed"]:
         print(f"  failed: {line}", file=sys.stderr)
@@ -167,8 +166,8 @@ def _tune(a: argparse.Namespace) -> int:
     from roli.training.tune import parse_lrs, tune
 
     out = Path(a.out or f"runs/tune/{Path(a.recipe).stem}")
-    result = tune(a.recipe, parse_lrs(a.lr), out, epochs=a.epochs, overrides=a.set)
-    print((out / "tune.md").read_text())
+    result = tune(a.recipe, parse_lrs(a.lr), out, epochs=a.epochs, overrides=a.set, record=a.record)
+    print((Path(a.record or out) / f"{Path(a.recipe).stem}.tune.md").read_text())
     print(f"chosen lr {result['chosen']['lr']:g} -> {result['tuned_recipe']}")
     return 0
 
@@ -257,13 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
     sw.add_argument("--nproc", type=int, default=1, metavar="N",
                     help="run each cell under torchrun with N processes (one per GPU); default 1 = in this process")
+    sw.add_argument("--stop-after", type=float, metavar="MINUTES",
+                    help="start no new cell after this many minutes (the running one finishes); run again to go on")
     sw.set_defaults(func=_sweep)
 
     t = sub.add_parser("tune", help="choose train.lr on validation robust accuracy (successive halving; resumable)")
     t.add_argument("recipe")
     t.add_argument("--lr", required=True, help="candidate learning rates, e.g. 1e-4,3e-4,1e-3")
     t.add_argument("--epochs", type=int, default=1, help="epochs of the first round; doubled every round (default 1)")
-    t.add_argument("--out", help="folder for the trials and tune.md (default runs/tune/<recipe>)")
+    t.add_argument("--out", help="folder for the trials (several recipes may share one; default runs/tune/<recipe>)")
+    t.add_argument("--record", help="folder for <recipe>.tuned.yaml, .tune.json and .tune.md (default: --out)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every trial")
     t.set_defaults(func=_tune)
 

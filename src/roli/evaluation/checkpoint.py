@@ -97,6 +97,12 @@ def suite_configs(cfg: Config, steps: int | None = None, step_size: float | None
                                                    **(aa or {})}, "--aa")}
 
 
+def eval_path(checkpoint: str | Path, data: str, split: str, suite: str | None) -> Path:
+    """Where `roli eval` writes its JSON by default: beside the checkpoint, named by data, split and suite (the
+    report reads eval-*.json from run folders; a sweep's `evaluate:` skips a file that exists)."""
+    return Path(checkpoint).with_name(f"eval-{data}-{split}{f'-{suite}' if suite else ''}.json")
+
+
 def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test", attack: str | None = None,
                         eps: float | str | None = None, norm: str | None = None, steps: int | None = None,
                         step_size: float | str | None = None, limit: int | None = None, data_root: str | None = None,

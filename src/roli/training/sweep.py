@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ PAPER_SIZES = {"cifar10": (45_000, 5_000, 10_000), "cifar100": (45_000, 5_000, 1
 SHIPPED_SIZES = {"mnist": (8_000, 2_000), "fashion_mnist": (10_000, 2_000), "synthetic": (600, 200)}
 OFFICIAL_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}  # the idx files in data.root
 NATIVE_RES = {"mnist": 28, "fashion_mnist": 28, "synthetic": 28, "cifar10": 32, "cifar100": 32}
-GRID_KEYS = ("recipe", "axes", "seeds", "exclude", "set", "out", "cost")
+GRID_KEYS = ("recipe", "axes", "seeds", "exclude", "set", "out", "cost", "evaluate")
+EVALUATE_KEYS = ("suite", "aa", "limit", "split")
 COST_KEYS = ("gpu", "images_per_s", "measured")
 
 
@@ -68,6 +70,8 @@ class Grid:
     overrides: list[str] = field(default_factory=list)
     out: str = "runs/sweep"
     cost: dict[str, Any] = field(default_factory=lambda: dict(COST))
+    # `roli eval` runs after each complete cell (e.g. AutoAttack), each skipped once its eval-*.json exists
+    evaluate: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -104,7 +108,25 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"{path}: `set:` must be a list of KEY=VALUE strings, got {overrides!r}")
     cost = load_cost(data.get("cost") or {}, path)
     return Grid(path, data["recipe"], axes, seeds, list(data.get("exclude") or []), list(data.get("set") or []),
-                data.get("out") or "runs/sweep", cost)
+                data.get("out") or "runs/sweep", cost, load_evaluate(data.get("evaluate") or [], path))
+
+
+def load_evaluate(raw: Any, grid_path: Path) -> list[dict[str, Any]]:
+    """The grid's `evaluate:` list, each item the arguments of a `roli eval` of every cell's best.pt."""
+    from roli.evaluation.suite import SUITES
+
+    items = raw if isinstance(raw, list) else [raw]
+    for item in items:
+        if not isinstance(item, dict) or any(k not in EVALUATE_KEYS for k in item):
+            raise ConfigError(f"{grid_path}: evaluate: {item!r} must be a mapping with keys from {list(EVALUATE_KEYS)}"
+                              ", e.g. {suite: full, aa: {version: custom, attacks: [apgd-ce, apgd-t]}}")
+        if item.get("suite") not in SUITES:
+            raise ConfigError(f"{grid_path}: evaluate: suite must be one of {list(SUITES)}, got {item.get('suite')!r}")
+        if item.get("split", "test") not in ("train", "val", "test"):
+            raise ConfigError(f"{grid_path}: evaluate: split must be train, val or test")
+        if not isinstance(item.get("aa") or {}, dict):
+            raise ConfigError(f"{grid_path}: evaluate: aa must map AutoAttack fields to values")
+    return items
 
 
 def load_cost(raw: Any, grid_path: Path) -> dict[str, Any]:
@@ -136,9 +158,11 @@ def _excluded(values: dict[str, str], rules: list[dict[str, Any]]) -> bool:
 
 
 def expand(grid: Grid, extra: list[str] = ()) -> list[Cell]:
-    """Every combination of the axes (first axis slowest), minus `exclude`, times the seeds."""
+    """Every seed (slowest: a sweep stopped early leaves whole seeds done) times every combination of the axes
+    (first axis slowest), minus `exclude`."""
     cells, missing = [], []
-    for combo in itertools.product(*grid.axes.values()):
+    for seed, combo in itertools.product(grid.seeds if grid.seeds is not None else [None],
+                                         itertools.product(*grid.axes.values())):
         values = dict(zip(grid.axes, combo))
         if _excluded(values, grid.exclude):
             continue
@@ -146,12 +170,11 @@ def expand(grid: Grid, extra: list[str] = ()) -> list[Cell]:
             recipe = grid.path.parent / grid.recipe.format(**values)
         except KeyError as e:
             raise ConfigError(f"{grid.path}: the recipe template uses {e}, which is not an axis") from None
-        if not recipe.is_file():
+        if not recipe.is_file() and str(recipe) not in missing:
             missing.append(str(recipe))
-        for seed in grid.seeds if grid.seeds is not None else [None]:
-            name = "-".join(combo) + (f"-s{seed}" if seed is not None else "")
-            over = [*grid.overrides, *extra, *([f"run.seed={seed}"] if seed is not None else []), f"run.name={name}"]
-            cells.append(Cell(name, recipe, values, seed, tuple(over)))
+        name = "-".join(combo) + (f"-s{seed}" if seed is not None else "")
+        over = [*grid.overrides, *extra, *([f"run.seed={seed}"] if seed is not None else []), f"run.name={name}"]
+        cells.append(Cell(name, recipe, values, seed, tuple(over)))
     if missing:
         raise ConfigError(f"{grid.path}: {len(missing)} cell recipe(s) do not exist, e.g. {missing[:3]}; add them "
                           "or list the cells under `exclude:`")
@@ -452,28 +475,58 @@ def describe(p: Plan) -> str:
     return "\n".join(lines)
 
 
-def run_sweep(p: Plan, nproc: int = 1) -> dict[str, list[str]]:
-    """Run this shard's cells in grid order (each under torchrun with `nproc` processes when > 1); returns cell
-    names by outcome. Failures do not stop the sweep."""
-    outcome: dict[str, list[str]] = {"complete": [], "ran": [], "failed": [], "skipped_failed": []}
+def evaluate_cell(cell: Cell, cfg: Config, out: Path, specs: list[dict[str, Any]]) -> list[str]:
+    """The grid's `evaluate:` on a complete cell's best.pt, each skipped once its eval JSON exists; AutoAttack keeps
+    its resumable state beside the checkpoint, so a killed sweep continues where it stopped. Returns files written."""
+    from roli.evaluation.checkpoint import eval_path, evaluate_checkpoint
+
+    written = []
+    for spec in specs:
+        split = spec.get("split", "test")
+        target = eval_path(out / cell.name / "best.pt", cfg.data.name, split, spec["suite"])
+        if target.is_file():
+            continue
+        log.info("sweep: %s: evaluating (%s)", cell.name, ", ".join(f"{k}={v}" for k, v in spec.items()))
+        result = evaluate_checkpoint(str(out / cell.name / "best.pt"), split=split, suite=spec["suite"],
+                                     aa=spec.get("aa"), limit=spec.get("limit"), device=cfg.run.device)
+        atomic_write_json(target, result)
+        written.append(str(target))
+    return written
+
+
+def run_sweep(p: Plan, nproc: int = 1, stop_after: float | None = None) -> dict[str, list[str]]:
+    """Run this shard's cells in grid order (each under torchrun with `nproc` processes when > 1), then the grid's
+    `evaluate:` on each complete cell; returns cell names by outcome. Failures do not stop the sweep. With
+    `stop_after` (seconds), no new cell starts once that much time has passed and one has run (the running one
+    finishes): a slice that fits a time budget, continued by the next call."""
+    outcome: dict[str, list[str]] = {"complete": [], "ran": [], "failed": [], "skipped_failed": [], "not_started": []}
+    t0 = time.monotonic()
     for i in p.selected():
         cell, cfg = p.cells[i], p.configs[i]
         status = cell_status(p.out, cell)
-        if status == "complete":
-            log.info("sweep: %s is complete, skipped", cell.name)
-            outcome["complete"].append(cell.name)
-            continue
         if status == "failed":
             log.warning("sweep: %s failed before (see its results.json); move its folder away to retry", cell.name)
             outcome["skipped_failed"].append(cell.name)
             continue
-        log.info("sweep: cell %d/%d %s (%s)", i + 1, len(p.cells), cell.name, cell.recipe)
+        started = outcome["ran"] or outcome["failed"]  # a slice always trains at least one cell
+        if stop_after is not None and started and time.monotonic() - t0 > stop_after:
+            outcome["not_started"].append(cell.name)
+            continue
         try:
-            run_cell(cell, cfg, p.out, nproc)
-            outcome["ran"].append(cell.name)
+            if status == "complete":
+                log.info("sweep: %s is complete, skipped", cell.name)
+                outcome["complete"].append(cell.name)
+            else:
+                log.info("sweep: cell %d/%d %s (%s)", i + 1, len(p.cells), cell.name, cell.recipe)
+                run_cell(cell, cfg, p.out, nproc)
+                outcome["ran"].append(cell.name)
+            evaluate_cell(cell, cfg, p.out, p.grid.evaluate)
         except Exception as e:  # noqa: BLE001  (one broken cell (unsupported backbone, NaN, missing file) must not stop the grid)
             log.error("sweep: %s failed: %s: %s", cell.name, type(e).__name__, e)
             outcome["failed"].append(f"{cell.name}: {type(e).__name__}: {e}")
+    if outcome["not_started"]:
+        log.info("sweep: --stop-after reached; %d cell(s) not started (run the same command again to go on)",
+                 len(outcome["not_started"]))
     status_file = p.out / f"sweep-shard{p.shard[0]}of{p.shard[1]}.json"
     atomic_write_json(status_file, {"grid": str(p.grid.path), "shard": list(p.shard), **outcome})
     return outcome

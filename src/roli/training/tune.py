@@ -1,10 +1,12 @@
 """`roli tune RECIPE --lr 1e-4,3e-4,1e-3`: the learning rate chosen on validation robust accuracy, by successive
 halving (Jamieson & Talwalkar 2016; Li et al. 2018's Hyperband rung): every candidate trains a short budget, the
-better half (by best *validation* robust accuracy, never test) goes on with twice the epochs, until one is left.
+better half (rounded up; by best *validation* robust accuracy, never test) goes on with twice the epochs, until the
+last two have been compared (training a lone survivor longer would decide nothing).
 
-Every trial is an ordinary run folder under `out/` (`lr<value>-e<epochs>`), so a killed tuning re-run skips the
-finished trials and resumes the interrupted one. The result: `tune.json` and `tune.md` (what was tried, the
-validation numbers, the choice) and `<recipe>.tuned.yaml`, the recipe with the chosen `train.lr`.
+Every trial is an ordinary run folder under `out/` (`<recipe>-lr<value>-e<epochs>`), so a killed tuning re-run
+skips the finished trials and resumes the interrupted one, and several recipes can share one folder (RoLI recipes
+then share one stage 1). The result: `<recipe>.tune.json` and `<recipe>.tune.md` (what was tried, the validation
+numbers, the choice) and `<recipe>.tuned.yaml`, the recipe with the chosen `train.lr`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from pathlib import Path
 
 from roli.config import Config, ConfigError, load_config
@@ -31,11 +34,11 @@ def parse_lrs(text: str) -> list[float]:
     return lrs
 
 
-def _trial(cfg: Config, lr: float, epochs: int, out: Path) -> dict:
+def _trial(cfg: Config, stem: str, lr: float, epochs: int, out: Path) -> dict:
     """One run (or the finished/partial one already there) at `lr` for `epochs` epochs; returns its results."""
     from roli.training.pipeline import run
 
-    name = f"lr{lr:g}-e{epochs}"
+    name = f"{stem}-lr{lr:g}-e{epochs}"
     warmup = min(cfg.train.warmup_epochs, epochs)
     trial_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr, epochs=epochs,
                                                                    warmup_epochs=warmup))
@@ -48,9 +51,13 @@ def _trial(cfg: Config, lr: float, epochs: int, out: Path) -> dict:
     return run(trial_cfg, out=out, name=name)
 
 
-def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1, overrides: list[str] = ()
-         ) -> dict:
-    """Successive halving over `lrs` from `epochs` epochs (doubling per round); returns the tune.json content."""
+def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1, overrides: list[str] = (),
+         record: str | Path | None = None) -> dict:
+    """Successive halving over `lrs` from `epochs` epochs (doubling per round); returns the tune.json content.
+
+    The trials go to `out`; the tuned recipe, tune.json and tune.md to `record` (default `out`), e.g. a folder of
+    the repository that is committed while the trials are not. The tuned recipe names its base by a relative path.
+    """
     recipe = Path(recipe)
     cfg = load_config(recipe, overrides)
     if epochs < 1:
@@ -60,27 +67,31 @@ def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1,
     while True:
         scores = []
         for lr in alive:
-            res = _trial(cfg, lr, budget, out)
+            res = _trial(cfg, recipe.stem, lr, budget, out)
             scores.append({"lr": lr, "epochs": budget, "val_robust": res["best_val"]["robust"],
                            "val_clean": res["best_val"]["clean"], "selected_epoch": res["selected_epoch"],
                            "run_dir": res["run_dir"]})
         # best validation robust accuracy; ties: higher clean accuracy, then the smaller learning rate
         scores.sort(key=lambda s: (-s["val_robust"], -s["val_clean"], s["lr"]))
         rounds.append(scores)
-        if len(alive) == 1:
+        if len(alive) <= 2:
             break
-        alive = [s["lr"] for s in scores[:max(1, len(scores) // 2)]]
+        alive = [s["lr"] for s in scores[:math.ceil(len(scores) / 2)]]
         budget *= 2
     chosen = rounds[-1][0]
-    tuned = out / f"{recipe.stem}.tuned.yaml"
+    record = Path(record or out)
+    record.mkdir(parents=True, exist_ok=True)
+    tuned = record / f"{recipe.stem}.tuned.yaml"
+    base = os.path.relpath(recipe.resolve(), record.resolve())
+    extra = "".join(f"# tuned with --set {o} (not part of this recipe: pass it again)\n" for o in overrides)
     tuned.write_text(f"# {recipe.name} with the learning rate chosen by `roli tune` on validation robust accuracy\n"
-                     f"# (successive halving over {lrs}; see tune.md). Test accuracy played no part.\n"
-                     f"base: {recipe.resolve()}\ntrain: {{lr: {chosen['lr']:g}}}\n")
+                     f"# (successive halving over {lrs}; see {recipe.stem}.tune.md). Test accuracy played no part.\n"
+                     f"{extra}base: {base}\ntrain: {{lr: {chosen['lr']:g}}}\n")
     result = {"recipe": str(recipe), "overrides": list(overrides), "lrs": lrs, "first_epochs": epochs,
               "selection": "best validation robust accuracy (then clean, then smaller lr)", "rounds": rounds,
               "chosen": chosen, "tuned_recipe": str(tuned)}
-    atomic_write_json(out / "tune.json", result)
-    (out / "tune.md").write_text(markdown(result))
+    atomic_write_json(record / f"{recipe.stem}.tune.json", result)
+    (record / f"{recipe.stem}.tune.md").write_text(markdown(result))
     return result
 
 
