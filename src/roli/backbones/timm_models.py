@@ -35,6 +35,8 @@ default_cfgs = generate_default_cfgs({  # timm reads this module attribute when 
     "vit_tiny_28.untrained": _cfg(None),
     "vit_tiny_28_fmnist_robust.roli": _cfg(shipped("vit_tiny_28_fmnist_robust")),
     "vit_tiny_28_fmnist_standard.roli": _cfg(shipped("vit_tiny_28_fmnist_standard")),
+    "vit_tiny_28_fmnist5_robust.roli": _cfg(shipped("vit_tiny_28_fmnist5_robust")),
+    "vit_tiny_28_fmnist5_standard.roli": _cfg(shipped("vit_tiny_28_fmnist5_standard")),
 })
 
 
@@ -54,3 +56,15 @@ def vit_tiny_28_fmnist_robust(pretrained: bool = False, **kwargs) -> VisionTrans
 def vit_tiny_28_fmnist_standard(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """Standard training on Fashion-MNIST: the non-robust baseline."""
     return _build("vit_tiny_28_fmnist_standard", pretrained, **kwargs)
+
+
+@register_model
+def vit_tiny_28_fmnist5_robust(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Adversarially trained on five Fashion-MNIST classes {0, 1, 2, 5, 8} (eps 0.1): the study's robust source."""
+    return _build("vit_tiny_28_fmnist5_robust", pretrained, **kwargs)
+
+
+@register_model
+def vit_tiny_28_fmnist5_standard(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """Standard training on the same five classes: the study's non-robust source."""
+    return _build("vit_tiny_28_fmnist5_standard", pretrained, **kwargs)

@@ -1,7 +1,9 @@
 """A timm VisionTransformer for 28x28x1 input (patch 7: 16 tokens + class token; 0.8 M parameters).
 
 Built on timm's own class so every PEFT method that works on ViT-B works here unchanged. The `_fmnist_*`
-variants load the checkpoints shipped with roli, produced by recipes/tiny/pretrain_fmnist_{robust,standard}.yaml.
+variants load the checkpoints shipped with roli, produced by recipes/tiny/pretrain_fmnist_{robust,standard}.yaml;
+the `_fmnist5_*` ones by recipes/study/pretrain_{robust,standard}.yaml (five Fashion-MNIST classes only: the study's
+source task, docs/results.md).
 The same names are registered in timm's own registry by roli.backbones.timm_models.
 """
 
@@ -45,3 +47,15 @@ def vit_tiny_28_fmnist_standard(cfg: BackboneConfig, num_classes: int | None):
     """Standard (non-adversarial) training on Fashion-MNIST: the non-robust baseline."""
     return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": shipped("vit_tiny_28_fmnist_standard")}
 
+
+
+@BACKBONES.register("vit_tiny_28_fmnist5_robust")
+def vit_tiny_28_fmnist5_robust(cfg: BackboneConfig, num_classes: int | None):
+    """PGD-AT (eps 0.1) on Fashion-MNIST classes {0, 1, 2, 5, 8} only: the study's robust source backbone."""
+    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": shipped("vit_tiny_28_fmnist5_robust")}
+
+
+@BACKBONES.register("vit_tiny_28_fmnist5_standard")
+def vit_tiny_28_fmnist5_standard(cfg: BackboneConfig, num_classes: int | None):
+    """Standard training on Fashion-MNIST classes {0, 1, 2, 5, 8} only: the study's non-robust source backbone."""
+    return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": shipped("vit_tiny_28_fmnist5_standard")}

@@ -25,7 +25,8 @@ from roli.config import ConfigError
 
 FORMAT = "roli-benchmark/1"
 # roli backbones that share an architecture (and so a step cost) with a measured one.
-ARCH_ALIASES = {"vit_tiny_28_fmnist_robust": "vit_tiny_28", "vit_tiny_28_fmnist_standard": "vit_tiny_28"}
+ARCH_ALIASES = {f"vit_tiny_28_{src}_{kind}": "vit_tiny_28" for src in ("fmnist", "fmnist5")
+                for kind in ("robust", "standard")}
 REQUIRED = ("arch", "resolution", "attack_steps", "seconds_per_image", "device")
 
 
