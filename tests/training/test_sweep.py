@@ -263,9 +263,20 @@ def test_evaluate_runs_after_each_cell_once_and_the_report_reads_it(grid, monkey
     assert run_sweep(plan(grid))["failed"] == []
 
 
+def test_evaluate_only_the_listed_seeds(grid):
+    data = yaml.safe_load(grid.read_text())
+    grid.write_text(yaml.safe_dump(sort_keys=False, data={
+        **data, "seeds": [0, 1], "exclude": data["exclude"] + [{"method": ["full_finetune", "bitfit"]}],
+        "evaluate": [{"suite": "quick", "limit": 8, "seeds": [1]}]}))
+    p = plan(grid)
+    assert run_sweep(p)["failed"] == []
+    assert [f.parent.name for f in p.out.glob("*/eval-*.json")] == ["linear_probe-ranli-s1"]
+
+
 def test_bad_evaluate_entries_are_clear_errors(grid):
     data = yaml.safe_load(grid.read_text())
     for bad, words in [({"suite": "huge"}, "suite must be one of"), ({"suite": "full", "atk": 1}, "keys from"),
+                       ({"suite": "quick", "seeds": 0}, "seeds must be a list"),
                        ({"suite": "quick", "split": "dev"}, "split must be")]:
         grid.write_text(yaml.safe_dump({**data, "evaluate": [bad]}))
         with pytest.raises(ConfigError, match=words):

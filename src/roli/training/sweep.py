@@ -47,7 +47,7 @@ SHIPPED_SIZES = {"mnist": (8_000, 2_000), "fashion_mnist": (10_000, 2_000), "syn
 OFFICIAL_SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000)}  # the idx files in data.root
 NATIVE_RES = {"mnist": 28, "fashion_mnist": 28, "synthetic": 28, "cifar10": 32, "cifar100": 32}
 GRID_KEYS = ("recipe", "axes", "seeds", "exclude", "set", "out", "cost", "evaluate")
-EVALUATE_KEYS = ("suite", "aa", "limit", "split")
+EVALUATE_KEYS = ("suite", "aa", "limit", "split", "seeds")
 COST_KEYS = ("gpu", "images_per_s", "measured")
 
 
@@ -126,6 +126,9 @@ def load_evaluate(raw: Any, grid_path: Path) -> list[dict[str, Any]]:
             raise ConfigError(f"{grid_path}: evaluate: split must be train, val or test")
         if not isinstance(item.get("aa") or {}, dict):
             raise ConfigError(f"{grid_path}: evaluate: aa must map AutoAttack fields to values")
+        seeds = item.get("seeds")
+        if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(v, int) for v in seeds)):
+            raise ConfigError(f"{grid_path}: evaluate: seeds must be a list of integers (the cells to evaluate)")
     return items
 
 
@@ -482,6 +485,8 @@ def evaluate_cell(cell: Cell, cfg: Config, out: Path, specs: list[dict[str, Any]
 
     written = []
     for spec in specs:
+        if spec.get("seeds") is not None and cell.seed not in spec["seeds"]:
+            continue
         split = spec.get("split", "test")
         target = eval_path(out / cell.name / "best.pt", cfg.data.name, split, spec["suite"])
         if target.is_file():
