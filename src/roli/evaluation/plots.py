@@ -64,10 +64,10 @@ def _series_handles(colours: dict) -> list:
     return [Patch(color=c, label=_series_name(*s)) for s, c in colours.items()]
 
 
-def scatter(gs: list[dict], path: Path, pgd: str = "PGD", threat: str = "") -> None:
+def scatter(gs: list[dict], path: Path, pgd: str = "PGD", threat: str = "") -> str:
     """Test clean vs robust accuracy per group (AutoAttack when every group has it, else `pgd`): hollow RanLI,
     filled RoLI, error bars = std over seeds, an arrow from each method's RanLI to its RoLI; one panel per
-    (backbone, dataset)."""
+    (backbone, dataset). Returns the robust accuracy's name, for the caption."""
     plt = _pyplot()
     robust, name = ("test_aa", "AutoAttack") if all(g["stats"]["test_aa"]["mean"] is not None for g in gs) \
         else ("test_pgd", pgd)
@@ -94,6 +94,7 @@ def scatter(gs: list[dict], path: Path, pgd: str = "PGD", threat: str = "") -> N
         ax.grid(alpha=0.3)
         ax.margins(0.12)
     _save(plt, fig, path, _series_handles(colours) + _init_handles())
+    return name
 
 
 def val_curves(gs: list[dict], rows: list[dict], path: Path) -> None:

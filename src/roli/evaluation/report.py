@@ -22,8 +22,9 @@ COLUMNS = ["run", "method", "init", "backbone", "data", "eps", "selected_epoch",
 AA_COLUMNS = ("test_aa", "aa_version", "aa_n")  # shown only when some run has an AutoAttack number
 INTERNAL = ("config", "history", "checks", "sweep")  # row fields for the report itself, not the CSV or JSON
 PLOTS = {"scatter": "report_scatter.png", "curves": "report_val_curves.png", "eps": "report_eps.png"}
-CAPTIONS = {"scatter": "clean vs robust accuracy (hollow RanLI -> filled RoLI)",
-            "curves": "validation accuracy per epoch (mean over seeds)", "eps": "accuracy vs eps"}
+CAPTIONS = {"scatter": "test clean vs {robust} accuracy per group: hollow RanLI -> filled RoLI, bars = std over seeds",
+            "curves": "validation accuracy per epoch, mean over seeds (shaded ±std), * = selected epochs",
+            "eps": "accuracy vs eps per run (roli eval --suite sweep)"}
 DERIVED = ["report.md", "report.csv", "report_groups.csv", "report.json", "report.html", *PLOTS.values()]
 INITS = {"ranli": "RanLI", "roli": "RoLI"}
 TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
@@ -343,7 +344,7 @@ def row_name(row: dict) -> str:
     return row["method"] + (f" ({row['variant']})" if row["variant"] else "")
 
 
-def markdown(rows: list[dict], gs: list[dict], pngs: dict[str, str]) -> str:
+def markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]]) -> str:
     """report.md: settings, the paper-shape tables, the figures, the sanity checks and the per-run table."""
     text = ["# roli report", "", "Settings: " + " · ".join(f"{k} {v}" for k, v in settings(rows).items()), "",
             "## Results", "", RESULTS_NOTE, ""]
@@ -351,7 +352,7 @@ def markdown(rows: list[dict], gs: list[dict], pngs: dict[str, str]) -> str:
         head = ["method"] + [f"{d} {INITS.get(i, i)} {column_name(m)}" for d, i, m in t["columns"]]
         text += [f"### {t['backbone']}", "", *_md_table(head, [[row_name(r), *r["cells"]] for r in t["rows"]]), ""]
     text += [note for n in aa_notes(rows) for note in (n, "")]
-    text += ["## Figures", "", *(f"![{CAPTIONS[k]}]({p})" for k, p in pngs.items()), ""]
+    text += ["## Figures", "", *(f"![{caption}]({png})" for png, caption in figures.values()), ""]
     text += ["## Sanity checks", ""]
     for entry in sanity(gs, rows):
         text += [f"- **{t}**" if failed else f"- {t}" for failed, t in sanity_lines(entry)]
@@ -416,16 +417,16 @@ def write_report(out: Path, run_dirs: list[Path]) -> Path:
                                     for r in rows])
     _write_csv(out / "report_groups.csv", [_group_record(g) for g in gs])
     atomic_write_json(out / "report.json", data)
-    pngs = {"scatter": PLOTS["scatter"]}
     steps = "/".join(map(str, _unique(r["pgd_steps"] for r in rows)))
-    plots.scatter(gs, out / PLOTS["scatter"], pgd=f"PGD-{steps}", threat=data["settings"]["threat"])
+    robust = plots.scatter(gs, out / PLOTS["scatter"], pgd=f"PGD-{steps}", threat=data["settings"]["threat"])
+    figures = {"scatter": (PLOTS["scatter"], CAPTIONS["scatter"].format(robust=robust))}
     if any(r["history"] for r in rows):
         plots.val_curves(gs, rows, out / PLOTS["curves"])
-        pngs["curves"] = PLOTS["curves"]
+        figures["curves"] = (PLOTS["curves"], CAPTIONS["curves"])
     sweeps = {r["run"]: r["sweep"] for r in rows if r["sweep"]}
     if sweeps:
         plots.eps_curves(sweeps, out / PLOTS["eps"])
-        pngs["eps"] = PLOTS["eps"]
-    write_html(out / "report.html", rows, gs, pngs)
-    atomic_write_text(out / "report.md", markdown(rows, gs, pngs))
+        figures["eps"] = (PLOTS["eps"], CAPTIONS["eps"])
+    write_html(out / "report.html", rows, gs, figures)
+    atomic_write_text(out / "report.md", markdown(rows, gs, figures))
     return out / "report.md"

@@ -11,7 +11,6 @@ from itertools import groupby
 from pathlib import Path
 
 from roli.evaluation.report import (
-    CAPTIONS,
     INITS,
     RESULTS_NOTE,
     aa_notes,
@@ -89,14 +88,14 @@ def _plain_table(head: list[str], body: list[list[str]]) -> str:
     return f'<div class="scroll"><table><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table></div>'
 
 
-def _figure(out: Path, key: str, png: str) -> str:
+def _figure(out: Path, key: str, png: str, caption: str) -> str:
     data = base64.b64encode((out / png).read_bytes()).decode()
-    return (f'<section id="{key}"><h2>{escape(TITLES[key])}</h2><figure><img alt="{escape(CAPTIONS[key])}" '
-            f'src="data:image/png;base64,{data}"><figcaption>{escape(CAPTIONS[key])} ({escape(png)})</figcaption>'
+    return (f'<section id="{key}"><h2>{escape(TITLES[key])}</h2><figure><img alt="{escape(caption)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{escape(caption)} ({escape(png)})</figcaption>'
             "</figure></section>")
 
 
-def write_html(path: Path, rows: list[dict], gs: list[dict], pngs: dict[str, str]) -> None:
+def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]]) -> None:
     """Write report.html: settings, the paper-shape tables, the figures, AutoAttack notes and sanity checks, and
     the per-run table (collapsed)."""
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in settings(rows).items())
@@ -104,7 +103,7 @@ def write_html(path: Path, rows: list[dict], gs: list[dict], pngs: dict[str, str
               "in seed)</p>"), f'<section id="settings"><h2>Settings</h2><dl class="settings">{dl}</dl></section>',
              f'<section id="results"><h2>Results</h2><p class="note">{escape(RESULTS_NOTE)}</p>',
              *(_paper_table(t) for t in paper_tables(gs)), "</section>"]
-    parts += [_figure(path.parent, k, p) for k, p in pngs.items()]
+    parts += [_figure(path.parent, k, png, caption) for k, (png, caption) in figures.items()]
     items = "".join(f'<li{" class=fail" if failed else ""}>{_inline(text)}</li>'
                     for entry in sanity(gs, rows) for failed, text in sanity_lines(entry))
     notes = "".join(f'<p class="note">{_inline(n)}</p>' for n in aa_notes(rows))
