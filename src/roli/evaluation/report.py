@@ -291,7 +291,9 @@ def aa_notes(rows: list[dict]) -> list[str]:
     if aa:
         versions = "/".join(sorted({str(r["aa_version"]) for r in aa}))
         sizes = "/".join(sorted({str(r["aa_n"]) for r in aa}, key=lambda n: (len(n), n)))
-        times = ", ".join(f"{r['run']} {r['aa_seconds']:.0f} s" for r in aa if r["aa_seconds"] is not None) or "–"
+        secs = sorted(r["aa_seconds"] for r in aa if r["aa_seconds"] is not None)
+        times = (f"{secs[0]:.0f} s" if len(secs) == 1 else f"{secs[0]:.0f}–{secs[-1]:.0f} s per run, "
+                 f"{sum(secs):.0f} s in all") if secs else "–"
         notes.append(f"AA = AutoAttack ({versions}) from `roli eval` on {sizes} test images, on each run's own norm "
                      f"and eps (standard version preferred, then more images, then newest); wall time {times}.")
     ignored = [f"{r['run']}: {i['file']} ({i['data']} {i['split']}, {i['threat']})" for r in rows

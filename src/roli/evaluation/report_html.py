@@ -24,6 +24,7 @@ from roli.evaluation.report import (
 )
 from roli.files import atomic_write_text
 
+NUMBER = re.compile(r"[-–0-9./]+")  # cells right-aligned in the per-run table
 TITLES = {"scatter": "Clean vs robust accuracy", "curves": "Validation curves", "eps": "Accuracy vs eps"}
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a; margin: 0;
@@ -84,7 +85,8 @@ def _paper_table(t: dict) -> str:
 
 def _plain_table(head: list[str], body: list[list[str]]) -> str:
     ths = "".join(f"<th>{escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    trs = "".join("<tr>" + "".join(f'<td{" class=num" if NUMBER.fullmatch(c) else ""}>{escape(c)}</td>' for c in row)
+                  + "</tr>" for row in body)
     return f'<div class="scroll"><table><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table></div>'
 
 
@@ -99,8 +101,8 @@ def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, 
     """Write report.html: settings, the paper-shape tables, the figures, AutoAttack notes and sanity checks, and
     the per-run table (collapsed)."""
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in settings(rows).items())
-    parts = [(f"<h1>roli report</h1><p class=\"meta\">{len(rows)} runs in {len(gs)} groups (runs that differ only "
-              "in seed)</p>"), f'<section id="settings"><h2>Settings</h2><dl class="settings">{dl}</dl></section>',
+    parts = [(f"<h1>roli report</h1><p class=\"meta\">{len(rows)} runs in {len(gs)} groups (a group: runs that "
+              "differ only in seed)</p>"), f'<section id="settings"><h2>Settings</h2><dl class="settings">{dl}</dl></section>',
              f'<section id="results"><h2>Results</h2><p class="note">{escape(RESULTS_NOTE)}</p>',
              *(_paper_table(t) for t in paper_tables(gs)), "</section>"]
     parts += [_figure(path.parent, k, png, caption) for k, (png, caption) in figures.items()]
