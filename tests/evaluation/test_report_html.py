@@ -139,13 +139,15 @@ def test_markdown_paper_tables_csv_and_json(study, tmp_path):
     head, *rows = tables["vit_a"]
     assert head == ["method", *(f"synthetic {i} {m}" for i in ("RanLI", "RoLI") for m in ("clean", "PGD", "AA", "n"))]
     cells = {r[0]: dict(zip(head, r)) for r in rows}
-    assert list(cells) == ["full_finetune", "lora", "full_finetune (head_init=paper)"]
+    assert list(cells) == ["full_finetune", "full_finetune (head_init=paper)", "lora"]  # a variant after its method
     for (method, init), k in known.items():
         row, col = cells[method], f"synthetic {'RanLI' if init == 'ranli' else 'RoLI'}"
         assert row[f"{col} clean"] == _cell(k["clean"]) and row[f"{col} PGD"] == _cell(k["pgd"])
         assert row[f"{col} AA"] == (_cell(k["aa"]) if k["aa"] else "–") and row[f"{col} n"] == "3"
     assert cells["full_finetune"]["synthetic RoLI AA"].endswith("(n=2)")
     assert [cells["full_finetune (head_init=paper)"][c] for c in head[1:]] == ["71.00", "41.00", "–", "1"] + ["–"] * 4
+    first = _md_tables(write_report(tmp_path / "variant_first", [dirs[-2], *dirs[:-2], dirs[-1]]).read_text())
+    assert [r[0] for r in first["vit_a"][1:]] == list(cells) and list(first) == ["vit_a", "vit_b"]
     # vit_b has one RanLI run and no AutoAttack: no RoLI and no AA columns
     assert tables["vit_b"] == [["method", "synthetic[3,4] RanLI clean", "synthetic[3,4] RanLI PGD",
                                 "synthetic[3,4] RanLI n"], ["full_finetune", "55.00", "22.00", "1"]]

@@ -258,7 +258,7 @@ def _stat(g: dict | None, metric: str) -> str:
 
 
 def paper_tables(gs: list[dict]) -> list[dict]:
-    """One table per backbone in the paper's shape: a row per method (and variant), columns dataset × init ×
+    """One table per backbone in the paper's shape: a row per method (its variants after it), columns dataset × init ×
     {clean, PGD, AA} plus n (seeds); a column no group fills is left out. Each: backbone, columns [(dataset,
     init, metric)], rows [{method, variant, cells}]."""
     tables = []
@@ -273,8 +273,10 @@ def paper_tables(gs: list[dict]) -> list[dict]:
                 cols += [(data, init, m) for m, _ in TABLE_METRICS if any(g["stats"][m]["n"] for g in here)]
                 cols += [(data, init, "n")] if here else []
         cell = {(g["method"], g["variant"], g["data"], g["init"]): g for g in mine}
+        methods = _unique(g["method"] for g in mine)
+        keys = sorted(_unique((g["method"], g["variant"]) for g in mine), key=lambda k: (methods.index(k[0]), k[1] != ""))
         rows = [{"method": m, "variant": v, "cells": [_stat(cell.get((m, v, d, i)), k) for d, i, k in cols]}
-                for m, v in _unique((g["method"], g["variant"]) for g in mine)]
+                for m, v in keys]
         tables.append({"backbone": backbone, "columns": cols, "rows": rows})
     return tables
 
