@@ -131,9 +131,10 @@ def val_curves(gs: list[dict], rows: list[dict], path: Path) -> None:
         ax.set_ylabel("validation accuracy (%)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    styles = [Line2D([], [], color="0.3", ls="-", label="RanLI"), Line2D([], [], color="0.3", ls="--", label="RoLI"),
-              Line2D([], [], color="0.3", lw=1.8, label="robust (PGD)"),
-              Line2D([], [], color="0.3", lw=1.2, alpha=0.35, label="clean"),
+    styles = [Line2D([], [], color="0.3", lw=1.2, ls="-", label="RanLI"),
+              Line2D([], [], color="0.3", lw=1.2, ls="--", label="RoLI"),
+              Line2D([], [], color="0.1", lw=2.6, label="robust (PGD): dark"),
+              Line2D([], [], color="0.3", lw=2.6, alpha=0.35, label="clean: light"),
               Line2D([], [], color="0.3", ls="none", marker="*", ms=11, mec="black", mew=0.5,
                      label="selected epoch")]
     _save(plt, fig, path, _series_handles(colours) + styles)
