@@ -29,6 +29,11 @@ def two_runs(finished_run, fast_cfg, tmp_path_factory):
     return [(shared_dir, shared), (Path(lp["run_dir"]), lp)], failed
 
 
+def _runs_section(text: str) -> list[str]:
+    """The lines of report.md's per-run section (the last one)."""
+    return text.split("\n## Runs\n", 1)[1].splitlines()
+
+
 def _expected(run_dir: Path, res: dict) -> dict:
     return {"run": run_dir.name, "method": res["method"], "init": res["init"],
             "backbone": res["config"]["backbone"]["name"], "data": res["config"]["data"]["name"],
@@ -62,7 +67,7 @@ def test_report_files_and_numbers(two_runs, tmp_path):
 
     text = md.read_text()
     assert "failed" not in text
-    lines = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    lines = {line.split("|")[1].strip(): line for line in _runs_section(text) if line.startswith("| ")}
     assert set(lines) == {"run", "shared", "lp"}
     assert "test PGD-3" in lines["run"]
     for run_dir, res in runs:
@@ -127,7 +132,7 @@ def test_report_with_autoattack_sweep_and_curves(evaluated_run, two_runs, tmp_pa
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     text = md.read_text()
-    table = [line for line in text.splitlines() if line.startswith("| ")]
+    table = [line for line in _runs_section(text) if line.startswith("| ")]
     head = [c.strip() for c in table[0].strip("|").split("|")]
     assert head[9:12] == ["test clean", "test PGD-3", "test AA"]
     cells = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in table[1:])}
@@ -200,7 +205,8 @@ def _write_eval(run_dir: Path, tag: str, *, started: str, acc: float | None = 40
 
 
 def _md_table(text: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    table = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    """The per-run table of report.md: header and cells by run."""
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in _runs_section(text) if line.startswith("| ")]
     return table[0], {row[0]: dict(zip(table[0], row)) for row in table[1:]}
 
 
@@ -233,7 +239,7 @@ def test_aa_column_takes_the_runs_eps_not_the_newest_file(tmp_path):
     assert [i["file"] for i in row["aa_ignored"]] == [other, val]
 
     text = write_report(tmp_path / "out", [run_dir]).read_text()
-    head, cells = _md_table(text)
+    _, cells = _md_table(text)
     assert cells["r8"]["test AA"] == "40.00" and "60.00" not in text
     assert f"{other} (synthetic test, linf eps 4/255)" in text  # the footnote names what was ignored, with its eps
     _, rows = _csv_rows(tmp_path / "out")
@@ -246,7 +252,7 @@ def test_only_other_eps_autoattack_shows_no_number(tmp_path, caplog):
 
     with caplog.at_level("WARNING", logger="roli.evaluation.report"):
         text = write_report(tmp_path / "out", [run_dir]).read_text()
-    head, cells = _md_table(text)
+    head, _ = _md_table(text)
     assert "test AA" not in head and "AA version" not in head and "60.00" not in text
     assert "AutoAttack evaluations ignored" in text and f"r8: {other} (synthetic test, linf eps 4/255)" in text
     assert any(other in r.getMessage() and "4/255" in r.getMessage() for r in caplog.records)

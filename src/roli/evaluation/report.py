@@ -1,27 +1,35 @@
-"""Collect runs' results.json (and the `roli eval` JSONs beside them) into a markdown table, a CSV, PNG plots
-(clean-vs-robust scatter as in the paper's Fig. 1, accuracy vs eps, per-epoch validation curves) and one
-self-contained HTML page.
+"""Collect runs' results.json (and the `roli eval` JSONs beside them) into a report: per-run and per-group (over
+seeds) CSVs, report.json, report.md with the paper's table shape, PNG plots (see `plots`) and a self-contained HTML
+page (see `report_html`).
 """
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import logging
 from pathlib import Path
 
 from roli.errors import ResultsError
 from roli.evaluation.checks import check_ordering
-from roli.files import atomic_write_text, read_json, write_atomic
+from roli.evaluation.groups import METRICS, dataset_label, groups
+from roli.files import atomic_write_json, atomic_write_text, read_json, write_atomic
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["run", "method", "init", "backbone", "data", "eps", "selected_epoch", "val_clean", "val_robust",
            "test_clean", "test_pgd", "test_aa", "aa_version", "aa_n", "seconds"]
 AA_COLUMNS = ("test_aa", "aa_version", "aa_n")  # shown only when some run has an AutoAttack number
-PLOTS = {"scatter": "report_scatter.png", "eps": "report_eps.png", "curves": "report_val_curves.png"}
+INTERNAL = ("config", "history", "checks", "sweep")  # row fields for the report itself, not the CSV or JSON
+PLOTS = {"scatter": "report_scatter.png", "curves": "report_val_curves.png", "eps": "report_eps.png"}
+CAPTIONS = {"scatter": "test clean vs {robust} accuracy per group: hollow RanLI -> filled RoLI, bars = std over seeds",
+            "curves": "validation accuracy per epoch, mean over seeds (shaded ±std), * = selected epochs",
+            "eps": "accuracy vs eps per run (roli eval --suite sweep)"}
+DERIVED = ["report.md", "report.csv", "report_groups.csv", "report.json", "report.html", *PLOTS.values()]
+INITS = {"ranli": "RanLI", "roli": "RoLI"}
+TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
+RESULTS_NOTE = ("Test accuracy in %, mean ± sample std over seeds (std from 2 seeds on); n = seeds; AA over the seeds "
+                "that have an AutoAttack evaluation on the run's threat model and test split (n= when fewer).")
 EPS_TOL = 1e-9  # eps values compared across results.json and eval JSONs
 
 
@@ -136,28 +144,58 @@ def collect(run_dirs: list[Path]) -> list[dict]:
     return rows
 
 
+def _attack_name(attack: dict) -> str:
+    """PGD-10 (step 2/255): how the settings line names an attack."""
+    name = str(attack.get("name", "?")).upper() + (f"-{attack['steps']}" if attack.get("steps") else "")
+    extra = [f"step {_eps(attack['step_size'])}"] if attack.get("step_size") is not None else []
+    extra += [f"{attack['restarts']} restarts"] if (attack.get("restarts") or 1) > 1 else []
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _checks(evals: list[dict], threat: tuple[str, float], data: str) -> list[dict]:
+    """Per suite, the checks of the preferred (see `_rank`) eval JSON on the run's test split and threat model."""
+    best: dict = {}
+    for e in evals:
+        if on_threat(e, threat, data):
+            best[e.get("suite")] = max(best.get(e.get("suite"), e), e, key=_rank)
+    return [dict(c, file=e["file"]) for e in best.values() for c in e.get("checks", [])]
+
+
 def _row(d: Path, res: dict) -> dict:
     """The report row of one complete run."""
     cfg = res["config"]
+    data = cfg["data"]["name"]
     norm, eps = threat = run_threat(res)
     evals = eval_results(d)
-    aa = _best(evals, "autoattack", threat, cfg["data"]["name"])
+    aa = _best(evals, "autoattack", threat, data)
     ignored = [_describe(e, "autoattack") for e in evals if _has(e, "autoattack")
-               and not on_threat(e, threat, cfg["data"]["name"], "autoattack")]
+               and not on_threat(e, threat, data, "autoattack")]
     for i in ignored:
         log.log(logging.INFO if aa else logging.WARNING,
                 "report: %s: ignoring AutoAttack in %s (%s %s, %s): the run is %s eps %s on its %s test split",
-                Path(d).name, i["file"], i["data"], i["split"], i["threat"], norm, _eps(eps), cfg["data"]["name"])
+                Path(d).name, i["file"], i["data"], i["split"], i["threat"], norm, _eps(eps), data)
     aa_res = aa["results"]["autoattack"] if aa else {}
+    checks = _checks(evals, threat, data)
+    if aa and aa_res.get("n") == res["test"]["n"]:
+        checks.append({**check_ordering({"clean": res["test"]["clean"], "pgd": res["test"]["pgd"],
+                                         "autoattack": aa_res["acc"]}).to_dict(), "file": "the report's numbers"})
+    train = cfg.get("train") or {}
     return {
         "run": Path(d).name, "method": res["method"], "init": res["init"], "backbone": cfg["backbone"]["name"],
-        "data": cfg["data"]["name"], "norm": norm, "eps": eps,
+        "data": data, "dataset": dataset_label(cfg), "seed": (cfg.get("run") or {}).get("seed", res.get("seed")),
+        "norm": norm, "eps": eps,
         "selected_epoch": res["selected_epoch"], "val_clean": res["best_val"]["clean"],
         "val_robust": res["best_val"]["robust"], "test_clean": res["test"]["clean"],
         "test_pgd": res["test"]["pgd"], "test_aa": aa_res.get("acc"),
         "seconds": res["seconds"], "pgd_steps": res["test"]["attack"]["steps"], "n_test": res["test"]["n"],
+        "train_attack": _attack_name(cfg["attack"]) if train.get("adversarial", True) else "none (clean training)",
+        "eval_attack": _attack_name(res["test"]["attack"]),
+        "eval_precision": ((res.get("precision") or {}).get("eval") or {}).get("used"),
         "aa_n": aa_res.get("n"), "aa_version": _aa_version(aa) if aa else None,
+        "aa_attacks": ",".join(aa["attacks"]["autoattack"].get("attacks") or []) if aa else None,
         "aa_seconds": aa_res.get("seconds"), "aa_file": aa["file"] if aa else None, "aa_ignored": ignored,
+        "run_dir": str(d), "config": cfg, "history": res.get("history") or [], "checks": checks,
+        "sweep": _best(evals, "sweep", threat, data),
     }
 
 
@@ -173,7 +211,8 @@ def _cell(v: object, column: str = "") -> str:
     return "–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
-def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def run_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The per-run table: header and cells (AutoAttack columns only when some run has a number)."""
     steps = sorted({r["pgd_steps"] for r in rows})
     names = {"run": "run", "method": "method", "init": "init", "backbone": "backbone", "data": "data", "eps": "eps",
              "selected_epoch": "epoch", "val_clean": "val clean", "val_robust": "val PGD",
@@ -183,169 +222,215 @@ def _table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return [names[c] for c in cols], [[_cell(r[c], c) for c in cols] for r in rows]
 
 
-def markdown(rows: list[dict]) -> str:
-    head, body = _table(rows)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    n = sorted({r["n_test"] for r in rows})
-    text = "\n".join(lines) + f"\n\nAccuracies in %; test on {'/'.join(map(str, n))} images; epoch = selected " \
-                              "(best validation PGD accuracy).\n"
+def _unique(values) -> list:
+    return list(dict.fromkeys(values))
+
+
+def settings(rows: list[dict]) -> dict[str, str]:
+    """The settings behind the tables, each as one string (values that differ between runs joined by " / ")."""
+    def joined(values) -> str:
+        return " / ".join(map(str, _unique(v for v in values if v is not None))) or "–"
+
+    out = {"threat": joined(f"{r['norm']} eps {_eps(r['eps'])}" for r in rows),
+           "training attack": joined(r["train_attack"] for r in rows),
+           "evaluation attack": joined(r["eval_attack"] for r in rows),
+           "eval precision": joined(r["eval_precision"] for r in rows),
+           "test images": joined(sorted({r["n_test"] for r in rows}))}
+    aa = [r for r in rows if r["test_aa"] is not None]
+    if aa:
+        out["AutoAttack"] = joined(f"{r['aa_version']}" + (f" ({r['aa_attacks'].replace(',', ', ')})"
+                                                            if r["aa_attacks"] else "") + f" on {r['aa_n']} images"
+                                   for r in aa)
+    return out
+
+
+def _stat(g: dict | None, metric: str) -> str:
+    """A paper-table cell: "mean ± std" (std from two seeds on); AutoAttack says its n when seeds lack one."""
+    if g is None:
+        return "–"
+    if metric == "n":
+        return str(g["n"])
+    s = g["stats"][metric]
+    if s["mean"] is None:
+        return "–"
+    text = f"{s['mean']:.2f}" + (f" ± {s['std']:.2f}" if s["std"] is not None else "")
+    return text + (f" (n={s['n']})" if s["n"] != g["n"] else "")
+
+
+def paper_tables(gs: list[dict]) -> list[dict]:
+    """One table per backbone in the paper's shape: a row per method (its variants after it), columns dataset × init ×
+    {clean, PGD, AA} plus n (seeds); a column no group fills is left out. Each: backbone, columns [(dataset,
+    init, metric)], rows [{method, variant, cells}]."""
+    tables = []
+    for backbone in _unique(g["backbone"] for g in gs):
+        mine = [g for g in gs if g["backbone"] == backbone]
+        present = _unique(g["init"] for g in mine)
+        inits = [i for i in INITS if i in present] + [i for i in present if i not in INITS]
+        cols = []
+        for data in _unique(g["data"] for g in mine):
+            for init in inits:
+                here = [g for g in mine if (g["data"], g["init"]) == (data, init)]
+                cols += [(data, init, m) for m, _ in TABLE_METRICS if any(g["stats"][m]["n"] for g in here)]
+                cols += [(data, init, "n")] if here else []
+        cell = {(g["method"], g["variant"], g["data"], g["init"]): g for g in mine}
+        methods = _unique(g["method"] for g in mine)
+        keys = sorted(_unique((g["method"], g["variant"]) for g in mine), key=lambda k: (methods.index(k[0]), k[1] != ""))
+        rows = [{"method": m, "variant": v, "cells": [_stat(cell.get((m, v, d, i)), k) for d, i, k in cols]}
+                for m, v in keys]
+        tables.append({"backbone": backbone, "columns": cols, "rows": rows})
+    return tables
+
+
+def column_name(metric: str) -> str:
+    """clean / PGD / AA / n: a paper-table column's metric as shown."""
+    return dict(TABLE_METRICS).get(metric, metric)
+
+
+def aa_notes(rows: list[dict]) -> list[str]:
+    """Where the AutoAttack numbers come from, and which AutoAttack evaluations were ignored and why."""
+    notes = []
     aa = [r for r in rows if r["test_aa"] is not None]
     if aa:
         versions = "/".join(sorted({str(r["aa_version"]) for r in aa}))
         sizes = "/".join(sorted({str(r["aa_n"]) for r in aa}, key=lambda n: (len(n), n)))
-        times = ", ".join(f"{r['run']} {r['aa_seconds']:.0f} s" for r in aa if r["aa_seconds"] is not None) or "–"
-        text += (f"AA = AutoAttack ({versions}) from `roli eval` on {sizes} test images, on each run's own norm and "
-                 f"eps (standard version preferred, then more images, then newest); wall time {times}.\n")
+        secs = sorted(r["aa_seconds"] for r in aa if r["aa_seconds"] is not None)
+        times = (f"{secs[0]:.0f} s" if len(secs) == 1 else f"{secs[0]:.0f}–{secs[-1]:.0f} s per run, "
+                 f"{sum(secs):.0f} s in all") if secs else "–"
+        notes.append(f"AA = AutoAttack ({versions}) from `roli eval` on {sizes} test images, on each run's own norm "
+                     f"and eps (standard version preferred, then more images, then newest); wall time {times}.")
     ignored = [f"{r['run']}: {i['file']} ({i['data']} {i['split']}, {i['threat']})" for r in rows
                for i in r["aa_ignored"]]
     if ignored:
-        text += ("AutoAttack evaluations ignored (not on the run's test split and threat model): "
-                 + "; ".join(ignored) + ".\n")
-    return text
+        notes.append("AutoAttack evaluations ignored (not on the run's test split and threat model): "
+                     + "; ".join(ignored) + ".")
+    return notes
 
 
-def sanity(rows: list[dict], run_dirs: list[Path]) -> str:
-    """One line per run: its `roli eval` checks, plus clean >= PGD >= AA on the table's own numbers.
-
-    Per suite, the checks of one eval JSON: the preferred one (see `_rank`) among those on the run's test split
-    and threat model (every attack in it at the run's norm and eps); the others are not shown."""
-    by_name = {Path(d).name: Path(d) for d in run_dirs}
-    lines = ["## Sanity checks", ""]
-    for r in rows:
-        best: dict = {}
-        for e in eval_results(by_name[r["run"]]):
-            if on_threat(e, (r["norm"], r["eps"]), r["data"]):
-                suite = e.get("suite")
-                best[suite] = max(best.get(suite, e), e, key=_rank)
-        checks = [dict(c, file=e["file"]) for e in best.values() for c in e.get("checks", [])]
-        if r["test_aa"] is not None and r["aa_n"] == r["n_test"]:
-            checks.append({**check_ordering({"clean": r["test_clean"], "pgd": r["test_pgd"],
-                                             "autoattack": r["test_aa"]}).to_dict(), "file": "this table"})
-        failed = [c for c in checks if not c["passed"]]
-        if not checks:
-            lines.append(f"- {r['run']}: no checks yet (run `roli eval --checkpoint {r['run']}/best.pt --suite full`)")
-        elif not failed:
-            lines.append(f"- {r['run']}: all {len(checks)} checks passed")
-        for c in failed:
-            lines.append(f"- **{r['run']}: {c['name']} FAILED** ({c['file']}): {c['message']}")
-    return "\n".join(lines) + "\n"
+def sanity(gs: list[dict], rows: list[dict]) -> list[dict]:
+    """Per group, the checks of its runs (see `_checks`, plus clean >= PGD >= AA on the report's numbers): each
+    failure, how many passed, and the runs not checked yet. Each: label, runs, checked, passed, failed, unchecked."""
+    by_dir = {r["run_dir"]: r for r in rows}
+    out = []
+    for g in gs:
+        runs = [by_dir[s["run_dir"]] for s in g["per_seed"]]
+        checked = [r for r in runs if r["checks"]]
+        out.append({"label": g["label"], "runs": len(runs), "checked": len(checked),
+                    "passed": sum(c["passed"] for r in checked for c in r["checks"]),
+                    "failed": [{"run": r["run"], **c} for r in checked for c in r["checks"] if not c["passed"]],
+                    "unchecked": [r["run"] for r in runs if not r["checks"]]})
+    return out
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def scatter(rows: list[dict], path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    markers = {"ranli": "o", "roli": "*"}
-    for r in rows:
-        ax.scatter(r["test_clean"], r["test_pgd"], marker=markers.get(r["init"], "s"),
-                   s=120 if r["init"] == "roli" else 60)
-        ax.annotate(f"{r['method']} ({r['init']})", (r["test_clean"], r["test_pgd"]), textcoords="offset points",
-                    xytext=(5, 4), fontsize=8)
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"PGD-{rows[0]['pgd_steps']} accuracy (%), eps={_eps(rows[0]['eps'])}")
-    ax.set_title("RanLI (o) vs RoLI (*)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+def sanity_lines(entry: dict) -> list[tuple[bool, str]]:
+    """A group's sanity entry as (failed, text) lines: one per failed check, one summary for the rest."""
+    lines = [(True, f"{f['run']}: {f['name']} FAILED ({f['file']}): {f['message']}") for f in entry["failed"]]
+    if entry["checked"]:
+        over = f" over {entry['checked']} runs" if entry["checked"] > 1 else ""
+        text = (f"all {entry['passed']} checks passed{over}" if not entry["failed"]
+                else f"{entry['passed']} checks passed, {len(entry['failed'])} failed{over}")
+        if entry["unchecked"]:
+            text += f"; no checks yet for {', '.join(entry['unchecked'])}"
+        lines.append((False, f"{entry['label']}: {text}"))
+    else:
+        runs = entry["unchecked"]
+        which = f"`roli eval --checkpoint {runs[0]}/best.pt --suite full`" + (
+            f" for each of its {len(runs)} runs" if len(runs) > 1 else "")
+        lines.append((False, f"{entry['label']}: no checks yet (run {which})"))
+    return lines
 
 
-def eps_curves(sweeps: dict[str, dict], path: Path) -> None:
-    """Accuracy vs eps, one line per run (from `roli eval --suite sweep`)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for name, ev in sweeps.items():
-        pts = sorted(ev["sweep"], key=lambda p: p["eps"])
-        ax.plot([p["eps"] for p in pts], [p["acc"] for p in pts], marker="o", label=name)
-    first = next(iter(sweeps.values()))
-    pgd, threat = first["attacks"]["sweep"], first.get("threat") or first["attacks"]["sweep"]  # 0.1 files: in attack
-    ax.axvline(threat["eps"], color="gray", linestyle="--", linewidth=1, label=f"eval eps {threat['eps']:.4g}")
-    ax.set_xlabel(f"eps ({threat['norm']}, [0,1] pixel units)")
-    ax.set_ylabel(f"PGD-{pgd['steps']} accuracy (%)")
-    ax.set_title("accuracy vs eps (should fall to ~0)")
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(c) + " |" for c in body)]
 
 
-def val_curves(histories: dict[str, list[dict]], selected: dict[str, int], path: Path) -> None:
-    """Per-epoch validation accuracy, clean and robust, one line per run; a star marks the selected epoch."""
-    from matplotlib.ticker import MaxNLocator
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for name, hist in histories.items():
-        epochs = [h["epoch"] for h in hist]
-        for ax, key in zip(axes, ("val_clean", "val_robust")):
-            line, = ax.plot(epochs, [h[key] for h in hist], marker="o", label=name)
-            best = [h[key] for h in hist if h["epoch"] == selected.get(name)]
-            ax.plot([selected.get(name)] * len(best), best, marker="*", markersize=14, color=line.get_color())
-    for ax, title in zip(axes, ("validation clean accuracy (%)", "validation PGD accuracy (%)")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch (* = selected)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+def row_name(row: dict) -> str:
+    """A paper-table row's name: the method, and its variant when it has one."""
+    return row["method"] + (f" ({row['variant']})" if row["variant"] else "")
 
 
-def _html(text: str, out: Path, pngs: list[str]) -> None:
-    """report.md's text in <pre>, the PNGs embedded: one file to mail or attach."""
-    imgs = "".join(f'<p><img alt="{p}" src="data:image/png;base64,{base64.b64encode((out / p).read_bytes()).decode()}">'
-                   "</p>" for p in pngs)
-    atomic_write_text(out / "report.html", f"<!doctype html><meta charset='utf-8'><title>roli report</title>"
-                                           f"<pre>{html.escape(text)}</pre>{imgs}\n")
+def markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]]) -> str:
+    """report.md: settings, the paper-shape tables, the figures, the sanity checks and the per-run table."""
+    text = ["# roli report", "", "Settings: " + " · ".join(f"{k} {v}" for k, v in settings(rows).items()), "",
+            "## Results", "", RESULTS_NOTE, ""]
+    for t in paper_tables(gs):
+        head = ["method"] + [f"{d} {INITS.get(i, i)} {column_name(m)}" for d, i, m in t["columns"]]
+        text += [f"### {t['backbone']}", "", *_md_table(head, [[row_name(r), *r["cells"]] for r in t["rows"]]), ""]
+    text += [note for n in aa_notes(rows) for note in (n, "")]
+    text += ["## Figures", "", *(f"![{caption}]({png})" for png, caption in figures.values()), ""]
+    text += ["## Sanity checks", ""]
+    for entry in sanity(gs, rows):
+        text += [f"- **{t}**" if failed else f"- {t}" for failed, t in sanity_lines(entry)]
+    head, body = run_table(rows)
+    n = "/".join(map(str, sorted({r["n_test"] for r in rows})))
+    text += ["", "## Runs", "", *_md_table(head, body), "",
+             f"Accuracies in %; test on {n} images; epoch = selected (best validation PGD accuracy).", ""]
+    return "\n".join(text)
+
+
+def _group_record(g: dict) -> dict:
+    """A group as one report_groups.csv line: identity, n, seeds, and mean/std (and n for AA) per metric."""
+    out = {k: g[k] for k in ("label", "backbone", "data", "method", "init", "variant", "norm", "eps", "n")}
+    out["seeds"] = ";".join(map(str, g["seeds"]))
+    for m in METRICS:
+        out[f"{m}_mean"], out[f"{m}_std"] = g["stats"][m]["mean"], g["stats"][m]["std"]
+    out["test_aa_n"] = g["stats"]["test_aa"]["n"]
+    return out
+
+
+def _write_csv(path: Path, records: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(records[0]))
+            w.writeheader()
+            w.writerows(records)
+
+    write_atomic(path, write)
+
+
+def _public(r: dict) -> dict:
+    return {k: v for k, v in r.items() if k not in INTERNAL}
+
+
+def aggregate(run_dirs: list[Path]) -> dict:
+    """The report's numbers as plain data (what report.json holds): settings, groups with their per-seed values
+    (see `groups.groups`) and the per-run rows."""
+    return _data(collect(run_dirs))
+
+
+def _data(rows: list[dict]) -> dict:
+    return {"settings": settings(rows) if rows else {}, "groups": groups(rows), "runs": [_public(r) for r in rows]}
 
 
 def write_report(out: Path, run_dirs: list[Path]) -> Path:
-    """Write report.md, report.csv, the PNG plots and report.html into `out` (derived files, regenerated)."""
+    """Write report.md, report.csv, report_groups.csv, report.json, the PNG plots and report.html into `out`
+    (derived files, regenerated)."""
+    from roli.evaluation import plots
+    from roli.evaluation.report_html import write_html
+
     out = Path(out)
     rows = collect(run_dirs)  # first: an unreadable results.json leaves the previous report as it was
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*PLOTS.values(), "report.csv", "report.html"]:
+    for stale in DERIVED:
         (out / stale).unlink(missing_ok=True)
-    text = "# roli report\n\n" + (markdown(rows) if rows else "No complete runs.\n")
-    pngs = []
-    if rows:
-        def write_csv(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows({**r, "aa_ignored": ";".join(i["file"] for i in r["aa_ignored"])} for r in rows)
-
-        write_atomic(out / "report.csv", write_csv)
-        dirs = {Path(d).name: Path(d) for d in run_dirs}
-        scatter(rows, out / PLOTS["scatter"])
-        pngs.append(PLOTS["scatter"])
-        sweeps = {r["run"]: s for r in rows
-                  if (s := _best(eval_results(dirs[r["run"]]), "sweep", (r["norm"], r["eps"]), r["data"]))}
-        if sweeps:
-            eps_curves(sweeps, out / PLOTS["eps"])
-            pngs.append(PLOTS["eps"])
-        histories = {r["run"]: h for r in rows
-                     if (h := read_json(dirs[r["run"]] / "results.json", "results.json").get("history"))}
-        if histories:
-            val_curves(histories, {r["run"]: r["selected_epoch"] for r in rows}, out / PLOTS["curves"])
-            pngs.append(PLOTS["curves"])
-        captions = {PLOTS["scatter"]: "clean vs robust", PLOTS["eps"]: "accuracy vs eps",
-                    PLOTS["curves"]: "validation curves"}
-        text += "\n" + "".join(f"![{captions[p]}]({p})\n" for p in pngs)
-        text += "\n" + sanity(rows, run_dirs)
-        _html(text, out, pngs)
-    atomic_write_text(out / "report.md", text)
+    if not rows:
+        atomic_write_text(out / "report.md", "# roli report\n\nNo complete runs.\n")
+        return out / "report.md"
+    data = _data(rows)
+    gs = data["groups"]
+    _write_csv(out / "report.csv", [{**_public(r), "aa_ignored": ";".join(i["file"] for i in r["aa_ignored"])}
+                                    for r in rows])
+    _write_csv(out / "report_groups.csv", [_group_record(g) for g in gs])
+    atomic_write_json(out / "report.json", data)
+    steps = "/".join(map(str, _unique(r["pgd_steps"] for r in rows)))
+    robust = plots.scatter(gs, out / PLOTS["scatter"], pgd=f"PGD-{steps}", threat=data["settings"]["threat"])
+    figures = {"scatter": (PLOTS["scatter"], CAPTIONS["scatter"].format(robust=robust))}
+    if any(r["history"] for r in rows):
+        plots.val_curves(gs, rows, out / PLOTS["curves"])
+        figures["curves"] = (PLOTS["curves"], CAPTIONS["curves"])
+    sweeps = {r["run"]: r["sweep"] for r in rows if r["sweep"]}
+    if sweeps:
+        plots.eps_curves(sweeps, out / PLOTS["eps"])
+        figures["eps"] = (PLOTS["eps"], CAPTIONS["eps"])
+    write_html(out / "report.html", rows, gs, figures)
+    atomic_write_text(out / "report.md", markdown(rows, gs, figures))
     return out / "report.md"
