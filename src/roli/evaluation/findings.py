@@ -227,9 +227,14 @@ def _f(x: Any) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
+def _zero(se: float, *samples: np.ndarray) -> bool:
+    """A standard error that is only rounding noise (e.g. 48.7 + 2.0 - 48.7 for every seed): no t-test on it."""
+    scale = max([1.0, *(float(np.max(np.abs(x))) for x in samples)])
+    return se <= 1e-9 * scale
+
+
 def welch(a, b, alpha: float = 0.05) -> dict[str, Any]:
-    """Welch's unequal-variance t-test of mean(a) - mean(b) with its CI: for independent runs (two backbones, or
-    two methods), whose spreads need not be equal. No test when either side has fewer than 2 seeds."""
+    """Welch t-test and CI of mean(a) - mean(b): independent runs (two backbones/methods) need not share a spread."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     na, nb = len(a), len(b)
     out = {"n_a": na, "n_b": nb, "mean_a": _f(a.mean()), "mean_b": _f(b.mean()),
@@ -241,7 +246,7 @@ def welch(a, b, alpha: float = 0.05) -> dict[str, Any]:
         return out
     va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
     se = math.sqrt(va + vb)
-    if se == 0:
+    if _zero(se, a, b):
         out["note"] = "zero variance, no test"
         return out
     df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
@@ -253,8 +258,7 @@ def welch(a, b, alpha: float = 0.05) -> dict[str, Any]:
 
 
 def sign_flip(d, draws: int = DRAWS, seed: int = PERM_SEED) -> float:
-    """Two-sided p-value of an exact sign-flip permutation test of mean(d) = 0 (all 2^n sign patterns when
-    n <= 20, else `draws` seeded random patterns): a check of the t-test that assumes only symmetry, not normality."""
+    """Two-sided sign-flip permutation p of mean(d) = 0 (exact up to n=20): checks the t-test without normality."""
     d = np.asarray(d, float)
     if len(d) == 0:
         return 1.0
@@ -288,7 +292,7 @@ def _diff_stats(d, alpha: float) -> dict[str, Any]:
         return out
     se = d.std(ddof=1) / math.sqrt(n)
     out["se"] = _f(se)
-    if se == 0:
+    if _zero(se, d):
         out["note"] = "zero variance, no test"
         return out
     t = d.mean() / se
@@ -300,8 +304,7 @@ def _diff_stats(d, alpha: float) -> dict[str, Any]:
 
 
 def paired(a, b, alpha: float = 0.05) -> dict[str, Any]:
-    """Paired t-test (and sign-flip test) of a - b over matched seeds: the same seed shares data order and
-    stage-1 setup, so pairing removes the seed-to-seed spread from the comparison."""
+    """Paired t-test (+ sign-flip) of a - b over matched seeds: pairing removes the seed-to-seed spread."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if a.shape != b.shape:
         raise ValueError(f"paired: a and b must have the same length, got {len(a)} and {len(b)}")
@@ -309,8 +312,7 @@ def paired(a, b, alpha: float = 0.05) -> dict[str, Any]:
 
 
 def verdict(s: dict[str, Any], alpha: float, words: tuple[str, str, str] = ROLI_WORDS) -> str:
-    """The three-way call on a difference: positive and significant, not significant, or negative and
-    significant ("untested" when no test could run)."""
+    """Three-way call on a difference (significantly up / not significant / significantly down, or "untested")."""
     if s.get("p") is None:
         return "untested"
     mean = s["mean"] if "mean" in s else s["diff"]
@@ -345,8 +347,7 @@ def _paired_metrics(x: dict[int, dict], y: dict[int, dict], alpha: float, words)
 
 
 def finding_backbone(groups: dict, spec: dict) -> dict[str, Any]:
-    """Finding 1: per method (RanLI), robust accuracy on the robust vs the standard backbone; holds when every PEFT
-    method run is ahead on the robust backbone by a large margin."""
+    """Finding 1: does a standard backbone leave adversarial PEFT far less robust than a robust one (RanLI)?"""
     spec, groups = validate_spec(spec), _check_groups(groups)
     alpha, margin = spec["alpha"], spec["margin"]
     rule = (f"holds when, for every PEFT method run, the robust backbone is ahead by >= {margin:g} points in every "
@@ -393,8 +394,10 @@ def _sentence_backbone(out: dict, ran: list[dict], alpha: float, margin: float) 
         sig += f"; untested (n=1 or zero variance): {', '.join(untested)}"
     names = ", ".join(r["method"] for r in ran)
     if out["status"] == "holds":
+        aa = [r["metrics"]["aa"]["diff"] for r in ran if "aa" in r["metrics"]]
+        aa_part = f" and in AA by {_n(min(aa))} to {_n(max(aa))} ({len(aa)} of them)" if aa else ""
         return (f"Holds here: for every PEFT method run ({names}){tail}, the robust backbone is ahead in PGD accuracy "
-                f"by {_n(min(gaps))} to {_n(max(gaps))} points (>= {margin:g} required; {sig}).")
+                f"by {_n(min(gaps))} to {_n(max(gaps))} points{aa_part} (>= {margin:g} required; {sig}).")
     fails = []
     for r in ran:
         if not r["large_margin"]:
@@ -405,8 +408,7 @@ def _sentence_backbone(out: dict, ran: list[dict], alpha: float, margin: float) 
 
 
 def finding_linear_vs_full(groups: dict, spec: dict) -> dict[str, Any]:
-    """Finding 2: on the robust backbone, linear probing vs full finetuning (both RanLI), clean and robust; holds
-    when linear probing is nowhere significantly behind."""
+    """Finding 2: does linear probing match or beat full finetuning on the robust backbone (RanLI)?"""
     spec, groups = validate_spec(spec), _check_groups(groups)
     alpha, wide = spec["alpha"], spec["ci_halfwidth"]
     lp_l, ft_l = label(spec["robust"], LINEAR, "ranli"), label(spec["robust"], FULL, "ranli")
@@ -472,8 +474,7 @@ def _pooled(diffs: list[float], alpha: float, paper: float | None) -> dict[str, 
 
 
 def finding_roli(groups: dict, spec: dict) -> dict[str, Any]:
-    """Finding 3: RoLI - RanLI on the robust backbone, paired by seed per method, then pooled over methods and
-    compared with the paper's average gain."""
+    """Finding 3: does RoLI beat RanLI (paired by seed, per method and pooled), as the paper's average gain says?"""
     spec, groups = validate_spec(spec), _check_groups(groups)
     alpha = spec["alpha"]
     rule = (f"per metric, pooled over every (method, seed) pair: 'holds' when the mean RoLI - RanLI difference is "
@@ -548,8 +549,7 @@ def _sentence_roli(out: dict, n_methods: int) -> str:
 
 
 def compare_quirks(groups: dict, spec: dict) -> list[dict[str, Any]]:
-    """Each `compare` pair (a reference-code quirk vs roli's default): variant - default, paired by seed, so a
-    deviation from the reference code is backed by numbers."""
+    """Each `compare` pair, variant - default paired by seed: roli's deviations from the reference, in numbers."""
     spec, groups = validate_spec(spec), _check_groups(groups)
     alpha = spec["alpha"]
     out = []
