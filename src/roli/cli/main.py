@@ -175,10 +175,15 @@ def _tune(a: argparse.Namespace) -> int:
 def _report(a: argparse.Namespace) -> int:
     from roli.evaluation.report import write_report
 
+    spec = None
+    if a.findings:
+        from roli.evaluation.findings import load_spec
+
+        spec = load_spec(a.findings)  # a bad spec fails before any run is read
     dirs = [p.parent for d in a.dirs for p in sorted(Path(d).glob("**/results.json"))]
     if not dirs:
         raise SystemExit(f"roli report: no results.json under {a.dirs}")
-    report = write_report(Path(a.out or a.dirs[0]), dirs)
+    report = write_report(Path(a.out or a.dirs[0]), dirs, spec=spec, doc=a.doc)
     print(report.read_text())
     return 0
 
@@ -272,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="collect results.json of runs into report.md, CSV and plots")
     rep.add_argument("dirs", nargs="+")
     rep.add_argument("--out", help="folder for the report (default: the first DIR)")
+    rep.add_argument("--findings", metavar="SPEC", help="test the paper's findings on the runs (a YAML spec, e.g. "
+                     "recipes/study/findings.yaml): findings.json and a findings section in the report")
+    rep.add_argument("--doc", metavar="PATH", help="also write report.md to PATH with figure links relative to it "
+                     "(e.g. docs/results.md)")
     rep.set_defaults(func=_report)
 
     x = sub.add_parser("export", help="save a run's best weights as a standalone file others can load (+ OUT.json)")

@@ -14,6 +14,10 @@ records {"seed": int, "clean": float, "pgd": float, "aa": float | None} (test ac
     paper: {roli_gain_clean: 3.88, roli_gain_pgd: 2.44}   # the paper's average RoLI - RanLI gains (optional)
     margin: 10              # finding 1: "far less robust" means the robust backbone is >= margin points ahead
     ci_halfwidth: 3         # finding 2: a "matches" whose CI half-width exceeds this is called underpowered
+    title: Paper findings   # optional text around the generated numbers (markdown): the heading, the study's
+    intro: "..."            # set-up before the findings, a reading of each finding (discussion: {backbone,
+    discussion: {roli: ...} # linear_vs_full, roli, quirks}: e.g. the likely reason one does not hold) and a
+    closing: "..."          # closing section (e.g. the GPU plan); never numbers, which come from the runs
 
 Findings:
   1. `finding_backbone`: with a standard backbone, PEFT under adversarial training stays far less robust than with a
@@ -52,7 +56,10 @@ DRAWS = 100_000  # ... and draws this many seeded random sign patterns above it
 PERM_SEED = 0
 REQUIRED = {"robust": "robust: robust", "standard": "standard: standard",
             "methods": "methods: [linear_probe, full_finetune, lora]"}
-DEFAULTS = {"compare": [], "alpha": 0.05, "paper": {}, "margin": 10.0, "ci_halfwidth": 3.0}
+DEFAULTS = {"compare": [], "alpha": 0.05, "paper": {}, "margin": 10.0, "ci_halfwidth": 3.0,
+            "title": "Paper findings", "intro": "", "discussion": {}, "closing": ""}
+SECTIONS = ("backbone", "linear_vs_full", "roli", "quirks")  # the result's parts; `discussion` keys name them
+TEXTS = ("intro", "closing")  # free markdown around the generated findings (the study's set-up, its GPU plan)
 PAPER_KEYS = tuple(f"roli_gain_{m}" for m in METRICS)
 COMPARE_KEYS = ("name", "default", "variant")
 ROLI_WORDS = ("holds", "not significant", "reversed")
@@ -144,6 +151,16 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     out["ci_halfwidth"] = _number(out["ci_halfwidth"], "ci_halfwidth", 0, math.inf, "ci_halfwidth: 3")
     out["paper"] = _paper(out["paper"])
     out["compare"] = _compare(out["compare"])
+    out["title"] = _text(out["title"], "title", "title: Paper findings")
+    for key in TEXTS:
+        if not isinstance(out[key], str):
+            raise _bad(f"{key} must be text (markdown), got {out[key]!r}")
+    if not isinstance(out["discussion"], dict):
+        raise _bad(f"discussion must map {', '.join(SECTIONS)} to text, got {out['discussion']!r}")
+    for key, text in out["discussion"].items():
+        if key not in SECTIONS:
+            raise _bad(f"unknown key discussion.{key}; use {', '.join(SECTIONS)}")
+        _text(text, f"discussion.{key}", "the likely reason, in words")
     return out
 
 
@@ -710,19 +727,28 @@ def _md_quirk(e: dict) -> list[str]:
     return lines + [e["sentence"], ""]
 
 
-def markdown(result: dict[str, Any]) -> str:
-    """The findings as markdown: per finding a heading, a table, the rule and one plain sentence on whether it holds."""
-    out = [f"# Paper findings (alpha = {result['spec']['alpha']:g})", ""]
-    parts = [("1. Standard vs robust backbone under adversarial PEFT", result["backbone"], _md_backbone),
-             ("2. Linear probing vs full finetuning (robust backbone)", result["linear_vs_full"], _md_linear),
-             ("3. RoLI vs RanLI (robust backbone)", result["roli"], _md_roli)]
-    for title, f, table in parts:
+def markdown(result: dict[str, Any], title: bool = True, closing: bool = True) -> str:
+    """The findings as markdown: per finding a heading, a table, the rule and one plain sentence on whether it holds
+    (the report places the title and the closing text itself: `title`/`closing` False leave them out)."""
+    spec = result["spec"]
+    discussion = spec.get("discussion") or {}
+    out = [f"# {spec.get('title') or DEFAULTS['title']}", ""] if title else []
+    out += [spec["intro"].strip(), ""] if spec.get("intro") else []
+    out += [f"Significance level alpha = {spec['alpha']:g} (confidence intervals at {1 - spec['alpha']:.0%}).", ""]
+    parts = [("1. Standard vs robust backbone under adversarial PEFT", "backbone", _md_backbone),
+             ("2. Linear probing vs full finetuning (robust backbone)", "linear_vs_full", _md_linear),
+             ("3. RoLI vs RanLI (robust backbone)", "roli", _md_roli)]
+    for title, key, table in parts:
+        f = result[key]
         out += [f"## Finding {title}", "", f"*{f['finding']}*", ""]
         t = table(f)
         out += (t + [""]) if t else []
         out += [f"Rule: {f['rule']}", "", f"**{f['sentence']}**", ""]
+        out += [discussion[key].strip(), ""] if key in discussion else []
     if result["quirks"]:
         out += ["## Reference quirks vs roli defaults (variant - default, paired by seed)", ""]
         for e in result["quirks"]:
             out += _md_quirk(e)
+        out += [discussion["quirks"].strip(), ""] if "quirks" in discussion else []
+    out += [spec["closing"].strip(), ""] if spec.get("closing") and closing else []
     return "\n".join(out).rstrip() + "\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from pathlib import Path
 
 from roli.errors import ResultsError
@@ -25,7 +26,8 @@ PLOTS = {"scatter": "report_scatter.png", "curves": "report_val_curves.png", "ep
 CAPTIONS = {"scatter": "test clean vs {robust} accuracy per group: hollow RanLI -> filled RoLI, bars = std over seeds",
             "curves": "validation accuracy per epoch, mean over seeds (shaded ±std), * = selected epochs",
             "eps": "accuracy vs eps per run (roli eval --suite sweep)"}
-DERIVED = ["report.md", "report.csv", "report_groups.csv", "report.json", "report.html", *PLOTS.values()]
+DERIVED = ["report.md", "report.csv", "report_groups.csv", "report.json", "report.html", "findings.json",
+           *PLOTS.values()]
 INITS = {"ranli": "RanLI", "roli": "RoLI"}
 TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
 RESULTS_NOTE = ("Test accuracy in %, mean ± sample std over seeds (std from 2 seeds on); n = seeds; AA over the seeds "
@@ -194,6 +196,7 @@ def _row(d: Path, res: dict) -> dict:
         "aa_n": aa_res.get("n"), "aa_version": _aa_version(aa) if aa else None,
         "aa_attacks": ",".join(aa["attacks"]["autoattack"].get("attacks") or []) if aa else None,
         "aa_seconds": aa_res.get("seconds"), "aa_file": aa["file"] if aa else None, "aa_ignored": ignored,
+        "epochs": train.get("epochs"), "device": res.get("device"),
         "run_dir": str(d), "config": cfg, "history": res.get("history") or [], "checks": checks,
         "sweep": _best(evals, "sweep", threat, data),
     }
@@ -339,6 +342,31 @@ def sanity_lines(entry: dict) -> list[tuple[bool, str]]:
     return lines
 
 
+def cost_table(gs: list[dict], rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Wall time per group and in all (training + test, and AutoAttack apart), with the machines it was measured on:
+    what a user sizes a larger run from. Returns header, body and notes."""
+    by_dir = {r["run_dir"]: r for r in rows}
+    body, total, aa_total = [], 0.0, 0.0
+    for g in gs:
+        runs = [by_dir[s["run_dir"]] for s in g["per_seed"]]
+        secs = [r["seconds"] for r in runs]
+        aa = [r["aa_seconds"] for r in runs if r["aa_seconds"] is not None]
+        epochs = _unique(r["epochs"] for r in runs)
+        per_epoch = [r["seconds"] / r["epochs"] for r in runs if r["epochs"]]
+        total, aa_total = total + sum(secs), aa_total + sum(aa)
+        body.append([g["label"], str(len(runs)), "/".join(str(e) for e in epochs if e is not None) or "–", f"{sum(secs) / len(secs):.0f}",
+                     f"{sum(per_epoch) / len(per_epoch):.1f}" if per_epoch else "–",
+                     f"{sum(aa) / len(aa):.0f} (n={len(aa)})" if aa else "–", f"{sum(secs) / 60:.1f}"])
+    body.append(["all", str(len(rows)), "", "", "", f"{aa_total / 60:.1f} min in all" if aa_total else "–",
+                 f"{total / 60:.1f}"])
+    machines = " / ".join(_unique(str(r["device"]) for r in rows if r["device"])) or "not recorded"
+    notes = [f"Wall time of training + validation + test per run (results.json `seconds`) on {machines}; AutoAttack "
+             f"(`roli eval`) apart. In all {(total + aa_total) / 3600:.2f} h. A RoLI run's time includes its stage 1 "
+             "only when no earlier run in the same folder provided it (normally the linear-probe run does)."]
+    head = ["group", "runs", "epochs", "s per run", "s per epoch", "AA s per run", "minutes in all"]
+    return head, body, notes
+
+
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(c) + " |" for c in body)]
 
@@ -348,15 +376,32 @@ def row_name(row: dict) -> str:
     return row["method"] + (f" ({row['variant']})" if row["variant"] else "")
 
 
-def markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]]) -> str:
-    """report.md: settings, the paper-shape tables, the figures, the sanity checks and the per-run table."""
-    text = ["# roli report", "", "Settings: " + " · ".join(f"{k} {v}" for k, v in settings(rows).items()), "",
-            "## Results", "", RESULTS_NOTE, ""]
+def findings_of(gs: list[dict], spec: dict) -> dict:
+    """The paper's findings tested on these groups (see `findings`): each group's per-seed numbers under its label."""
+    from roli.evaluation.findings import findings
+
+    return findings({g["label"]: g["per_seed"] for g in gs}, spec)
+
+
+def markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]], found: dict | None = None,
+             links: str = "") -> str:
+    """report.md: settings, the findings (when a spec was given), the paper-shape tables, the figures, the wall
+    time, the sanity checks and the per-run table. `links` prefixes the figure paths (a copy kept elsewhere)."""
+    from roli.evaluation import findings
+
+    title = found["spec"]["title"] if found else "roli report"
+    text = [f"# {title}", "", "Settings: " + " · ".join(f"{k} {v}" for k, v in settings(rows).items()), ""]
+    if found:
+        text += [findings.markdown(found, title=False, closing=False)]
+    text += ["## Results", "", RESULTS_NOTE, ""]
     for t in paper_tables(gs):
         head = ["method"] + [f"{d} {INITS.get(i, i)} {column_name(m)}" for d, i, m in t["columns"]]
         text += [f"### {t['backbone']}", "", *_md_table(head, [[row_name(r), *r["cells"]] for r in t["rows"]]), ""]
     text += [note for n in aa_notes(rows) for note in (n, "")]
-    text += ["## Figures", "", *(f"![{caption}]({png})" for png, caption in figures.values()), ""]
+    text += ["## Figures", "", *(f"![{caption}]({links}{png})" for png, caption in figures.values()), ""]
+    head, body, notes = cost_table(gs, rows)
+    text += ["## Wall time", "", *_md_table(head, body), "", *notes, ""]
+    text += [found["spec"]["closing"].strip(), ""] if found and found["spec"]["closing"] else []
     text += ["## Sanity checks", ""]
     for entry in sanity(gs, rows):
         text += [f"- **{t}**" if failed else f"- {t}" for failed, t in sanity_lines(entry)]
@@ -401,9 +446,10 @@ def _data(rows: list[dict]) -> dict:
     return {"settings": settings(rows) if rows else {}, "groups": groups(rows), "runs": [_public(r) for r in rows]}
 
 
-def write_report(out: Path, run_dirs: list[Path]) -> Path:
+def write_report(out: Path, run_dirs: list[Path], spec: dict | None = None, doc: Path | None = None) -> Path:
     """Write report.md, report.csv, report_groups.csv, report.json, the PNG plots and report.html into `out`
-    (derived files, regenerated)."""
+    (derived files, regenerated). With a findings `spec` (see `findings.load_spec`) also findings.json and the
+    findings in report.md/html; with `doc`, a copy of report.md there (figure links relative to it)."""
     from roli.evaluation import plots
     from roli.evaluation.report_html import write_html
 
@@ -431,6 +477,14 @@ def write_report(out: Path, run_dirs: list[Path]) -> Path:
     if sweeps:
         plots.eps_curves(sweeps, out / PLOTS["eps"])
         figures["eps"] = (PLOTS["eps"], CAPTIONS["eps"])
-    write_html(out / "report.html", rows, gs, figures)
-    atomic_write_text(out / "report.md", markdown(rows, gs, figures))
+    found = findings_of(gs, spec) if spec is not None else None
+    if found:
+        atomic_write_json(out / "findings.json", found)
+    write_html(out / "report.html", rows, gs, figures, found)
+    atomic_write_text(out / "report.md", markdown(rows, gs, figures, found))
+    if doc is not None:
+        doc = Path(doc)
+        links = Path(os.path.relpath(out.resolve(), doc.parent.resolve())).as_posix() + "/"
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(doc, markdown(rows, gs, figures, found, links=links))
     return out / "report.md"

@@ -1,0 +1,115 @@
+"""`roli report --findings SPEC --doc PATH`: the findings computed on the report's seed groups land in findings.json
+and report.md (between the settings and the tables), the doc copy links the figures relative to itself, and the
+wall-time table adds up the runs' seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from roli.cli.main import main
+from roli.errors import ConfigError
+from roli.evaluation.findings import findings, load_spec, validate_spec
+from roli.evaluation.groups import groups
+from roli.evaluation.report import collect, cost_table, write_report
+
+SPEC = {"title": "tiny study", "robust": "robust", "standard": "standard", "methods": ["linear_probe", "lora"],
+        "intro": "Set-up <b>here</b>.", "discussion": {"roli": "Why RoLI went this way."},
+        "closing": "Run it on a GPU next.",
+        "compare": [{"name": "zero adapter", "default": "robust-lora-ranli", "variant": "quirk-lora-ranli"}]}
+# (label, method, init) -> per-seed (clean, pgd); seconds = 10 * (seed + 1)
+CELLS = {("robust", "linear_probe", "ranli"): [(70, 50), (71, 51), (69, 49)],
+         ("robust", "lora", "ranli"): [(72, 48), (74, 47), (73, 49)],
+         ("robust", "lora", "roli"): [(75, 52), (76, 53), (77, 51)],
+         ("standard", "linear_probe", "ranli"): [(60, 1), (61, 2), (62, 1)],
+         ("standard", "lora", "ranli"): [(65, 5), (64, 6), (66, 4)],
+         ("quirk", "lora", "ranli"): [(71, 45), (73, 46), (72, 47)]}
+
+
+def _write(root: Path, prefix: str, method: str, init: str, seed: int, clean: float, pgd: float) -> Path:
+    d = root / f"{prefix}-{method}-{init}-s{seed}"
+    d.mkdir(parents=True)
+    cfg = {"backbone": {"name": f"vit_{prefix}"}, "data": {"name": "synthetic"},
+           "threat": {"norm": "linf", "eps": 0.1}, "attack": {"name": "pgd", "steps": 5},
+           "transfer": {"name": method, "init": init, **({"rank": 4} if prefix == "quirk" else {})},
+           "train": {"epochs": 4}, "run": {"seed": seed, "name": d.name}}
+    res = {"status": "complete", "config": cfg, "method": method, "init": init, "selected_epoch": 4,
+           "best_val": {"clean": clean, "robust": pgd}, "seconds": 10.0 * (seed + 1), "device": "cpu (AVX2, 1 threads)",
+           "test": {"clean": clean, "pgd": pgd, "n": 100, "attack": {"name": "pgd", "steps": 10}}}
+    (d / "results.json").write_text(json.dumps(res))
+    return d
+
+
+@pytest.fixture
+def study(tmp_path) -> list[Path]:
+    return [_write(tmp_path / "runs", *key, seed, *v) for key, vals in CELLS.items() for seed, v in enumerate(vals)]
+
+
+def test_findings_json_and_report_sections(study, tmp_path):
+    out = tmp_path / "report"
+    write_report(out, study, spec=validate_spec(SPEC))
+    found = json.loads((out / "findings.json").read_text())
+    expect = findings({g["label"]: g["per_seed"] for g in groups(collect(study))}, SPEC)
+    assert found == json.loads(json.dumps(expect))
+    # the paired RoLI - RanLI gain of lora is computed from the runs' numbers: (75-72 + 76-74 + 77-73) / 3 = 3
+    lora = next(m for m in found["roli"]["methods"] if m["method"] == "lora")
+    assert lora["metrics"]["clean"]["mean"] == pytest.approx(3.0)
+    text = (out / "report.md").read_text()
+    assert text.startswith("# tiny study\n")
+    order = [text.index(s) for s in ("Settings:", "Set-up <b>here</b>.", "## Finding 1", "## Finding 3",
+                                     "Why RoLI went this way.", "zero adapter", "## Results", "## Wall time",
+                                     "Run it on a GPU next.", "## Runs")]
+    assert order == sorted(order)
+    assert found["roli"]["sentence"] in text and found["backbone"]["sentence"] in text
+
+
+def test_without_a_spec_there_are_no_findings(study, tmp_path):
+    write_report(tmp_path / "a", study, spec=validate_spec(SPEC))
+    write_report(tmp_path / "a", study)  # regenerated without a spec: the old findings.json goes
+    assert not (tmp_path / "a" / "findings.json").exists()
+    text = (tmp_path / "a" / "report.md").read_text()
+    assert text.startswith("# roli report\n") and "## Finding" not in text
+
+
+def test_doc_links_figures_relative_to_itself(study, tmp_path):
+    out, doc = tmp_path / "docs" / "results", tmp_path / "docs" / "results.md"
+    write_report(out, study, spec=validate_spec(SPEC), doc=doc)
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", doc.read_text())
+    assert links and all(link.startswith("results/") and (doc.parent / link).is_file() for link in links)
+    assert doc.read_text().replace("](results/", "](") == (out / "report.md").read_text()
+
+
+def test_wall_time_adds_up_the_runs(study):
+    rows = collect(study)
+    head, body, notes = cost_table(groups(rows), rows)
+    by = {r[0]: dict(zip(head, r)) for r in body}
+    assert by["robust-lora-roli"]["s per run"] == "20" and by["robust-lora-roli"]["s per epoch"] == "5.0"
+    assert by["all"]["runs"] == str(len(study))
+    assert float(by["all"]["minutes in all"]) == pytest.approx(round(6 * 60 / 60, 1))
+    assert "cpu (AVX2, 1 threads)" in notes[0]
+
+
+@pytest.mark.parametrize("bad, words", [({"intro": 3}, "intro must be text"),
+                                        ({"discussion": {"finding9": "x"}}, "unknown key discussion.finding9"),
+                                        ({"discussion": {"roli": ""}}, "discussion.roli must be a non-empty"),
+                                        ({"title": ""}, "title must be")])
+def test_bad_texts_in_a_spec(bad, words):
+    with pytest.raises(ConfigError, match=words):
+        validate_spec({**SPEC, **bad})
+
+
+def test_cli_bad_spec_fails_before_reading_runs(study, tmp_path, capsys):
+    spec = tmp_path / "f.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "alpah": 0.1}))
+    assert main(["report", str(tmp_path / "nowhere"), "--findings", str(spec)]) == 2  # not "no results.json"
+    assert f"{spec}: findings spec: unknown key 'alpah'" in capsys.readouterr().err
+    spec.write_text(yaml.safe_dump(SPEC))
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--findings", str(spec),
+                 "--doc", str(tmp_path / "doc.md")]) == 0
+    assert load_spec(spec)["title"] == "tiny study"
+    assert os.path.isfile(tmp_path / "rep" / "findings.json") and (tmp_path / "doc.md").read_text().startswith("# tiny")
