@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.roli-installed
 
-.PHONY: demo demo-full test test-all setup lint bench clean-venv
+.PHONY: demo demo-full test test-all setup lint bench clean-venv study study-tune study-report
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,29 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(VENV)/bin/roli run $(DEMO_FULL_RECIPES) --out $(DEMO_OUT)
 	@echo "demo report: $(DEMO_OUT)/report.md (runs, results.json and checkpoints in $(DEMO_OUT)/)"
+
+# The study (issue 13, docs/results.md), ~4 CPU-hours on 2 cores, in resumable slices. `make study-tune` chooses the
+# learning rates (done: recipes/study/tuned/); `make study` runs one slice of at most STUDY_MINUTES per grid in two
+# processes (one torch thread each: run.threads in recipes/study/base.yaml), then `make study-report`. Re-run
+# `make study` until the sweeps run nothing new; finished cells are skipped, interrupted ones resume.
+STUDY_MINUTES ?= 60
+STUDY_GRIDS := grid grid_standard grid_quirks
+STUDY_OUT := runs/study/cells
+
+study-tune: $(STAMP)
+	recipes/study/tune.sh
+
+study: $(STAMP)
+	pids=""; for s in 1 2; do \
+	  (for g in $(STUDY_GRIDS); do $(VENV)/bin/roli sweep recipes/study/$$g.yaml --shard $$s/2 \
+	     --stop-after $(STUDY_MINUTES) > $(STUDY_OUT)-shard$$s-$$g.log 2>&1 || exit 1; done) & pids="$$pids $$!"; done; \
+	fail=0; for p in $$pids; do wait $$p || fail=1; done; test $$fail = 0
+	$(MAKE) study-report
+
+study-report: $(STAMP)
+	$(VENV)/bin/roli report $(STUDY_OUT) --archive docs/results/runs --out docs/results \
+	  --findings recipes/study/findings.yaml --doc docs/results.md > /dev/null
+	@echo "study report: docs/results.md, docs/results/report.html (archived runs: docs/results/runs/)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -13,10 +13,10 @@ import pytest
 import yaml
 
 from roli.cli.main import main
-from roli.errors import ConfigError
+from roli.errors import ConfigError, ResultsError
 from roli.evaluation.findings import findings, load_spec, validate_spec
 from roli.evaluation.groups import groups
-from roli.evaluation.report import collect, cost_table, write_report
+from roli.evaluation.report import archive, collect, cost_table, write_report
 
 SPEC = {"title": "tiny study", "robust": "robust", "standard": "standard", "methods": ["linear_probe", "lora"],
         "intro": "Set-up <b>here</b>.", "discussion": {"roli": "Why RoLI went this way."},
@@ -113,3 +113,21 @@ def test_cli_bad_spec_fails_before_reading_runs(study, tmp_path, capsys):
                  "--doc", str(tmp_path / "doc.md")]) == 0
     assert load_spec(spec)["title"] == "tiny study"
     assert os.path.isfile(tmp_path / "rep" / "findings.json") and (tmp_path / "doc.md").read_text().startswith("# tiny")
+
+
+def test_archive_keeps_small_files_and_regenerates_the_same_report(study, tmp_path):
+    (study[0] / "best.pt").write_bytes(b"weights")
+    (study[0] / "eval-synthetic-test-full.json").write_text("{}")
+    failed = _write(tmp_path / "runs", "robust", "bitfit", "ranli", 0, 1, 1)
+    res = json.loads((failed / "results.json").read_text())
+    (failed / "results.json").write_text(json.dumps({**res, "status": "failed"}))
+    dest = tmp_path / "archive"
+    copies = archive([*study, failed], dest)
+    assert [c.name for c in copies] == [d.name for d in study]  # the failed run is not archived
+    assert sorted(p.name for p in (dest / study[0].name).iterdir()) == ["eval-synthetic-test-full.json", "results.json"]
+    write_report(tmp_path / "a", study, spec=validate_spec(SPEC))
+    write_report(tmp_path / "b", copies, spec=validate_spec(SPEC))
+    assert (tmp_path / "a" / "findings.json").read_text() == (tmp_path / "b" / "findings.json").read_text()
+    twin = _write(tmp_path / "other", "robust", "lora", "roli", 0, 1, 1)
+    with pytest.raises(ResultsError, match="two runs are named 'robust-lora-roli-s0'"):
+        archive([*study, twin], dest)

@@ -183,6 +183,10 @@ def _report(a: argparse.Namespace) -> int:
     dirs = [p.parent for d in a.dirs for p in sorted(Path(d).glob("**/results.json"))]
     if not dirs:
         raise SystemExit(f"roli report: no results.json under {a.dirs}")
+    if a.archive:  # the report is made from the archived copies, so it can be regenerated from them alone
+        from roli.evaluation.report import archive
+
+        dirs = archive(dirs, Path(a.archive))
     report = write_report(Path(a.out or a.dirs[0]), dirs, spec=spec, doc=a.doc)
     print(report.read_text())
     return 0
@@ -279,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="folder for the report (default: the first DIR)")
     rep.add_argument("--findings", metavar="SPEC", help="test the paper's findings on the runs (a YAML spec, e.g. "
                      "recipes/study/findings.yaml): findings.json and a findings section in the report")
+    rep.add_argument("--archive", metavar="DIR", help="first copy each complete run's results.json, config, "
+                     "metrics and eval JSONs (no checkpoints) to DIR/<run>/ and report from the copies (e.g. "
+                     "docs/results/runs, to commit)")
     rep.add_argument("--doc", metavar="PATH", help="also write report.md to PATH with figure links relative to it "
                      "(e.g. docs/results.md)")
     rep.set_defaults(func=_report)

@@ -32,6 +32,7 @@ INITS = {"ranli": "RanLI", "roli": "RoLI"}
 TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
 RESULTS_NOTE = ("Test accuracy in %, mean ± sample std over seeds (std from 2 seeds on); n = seeds; AA over the seeds "
                 "that have an AutoAttack evaluation on the run's threat model and test split (n= when fewer).")
+ARCHIVED = ("results.json", "config.yaml", "metrics.csv", "eval-*.json")  # what `archive` keeps of a run
 EPS_TOL = 1e-9  # eps values compared across results.json and eval JSONs
 
 
@@ -444,6 +445,33 @@ def aggregate(run_dirs: list[Path]) -> dict:
 
 def _data(rows: list[dict]) -> dict:
     return {"settings": settings(rows) if rows else {}, "groups": groups(rows), "runs": [_public(r) for r in rows]}
+
+
+def archive(run_dirs: list[Path], dest: Path) -> list[Path]:
+    """Copy each complete run's small files (ARCHIVED: results, config, metrics, eval JSONs; never checkpoints) to
+    `dest/<run name>/`: a record to commit beside a report, from which `roli report dest` regenerates it. Returns
+    the copies' folders; files already there are refreshed, others left alone."""
+    import shutil
+
+    complete = [Path(d) for d in run_dirs if (read_json(Path(d) / "results.json", "results.json") or {}).get(
+        "status") == "complete"]
+    names = [d.name for d in complete]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ResultsError(f"two runs are named {twice[0]!r} ({', '.join(str(d) for d in complete if d.name == twice[0])}); "
+                           "archive them into separate folders")
+    out = []
+    for d in complete:
+        target = Path(dest) / d.name
+        if target.resolve() == d.resolve():
+            out.append(d)
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for pattern in ARCHIVED:
+            for f in sorted(d.glob(pattern)):
+                write_atomic(target / f.name, lambda tmp, f=f: shutil.copyfile(f, tmp))
+        out.append(target)
+    return out
 
 
 def write_report(out: Path, run_dirs: list[Path], spec: dict | None = None, doc: Path | None = None) -> Path:

@@ -1,0 +1,15 @@
+#!/bin/sh
+# The study's learning rates (recipes/study/tuned/): `roli tune` per method x init x backbone, successive halving
+# over three rates (2 epochs, then 4 for the better half), selected on validation PGD accuracy only. The same grid
+# and budget for RanLI and RoLI; RoLI trials share one stage 1 (the `--out` folder). Resumable: re-run it after a
+# kill; a recipe with a tuned file is skipped. ~5 min a recipe on one core. Usage: recipes/study/tune.sh [STEM...]
+set -e
+cd "$(dirname "$0")/../.."
+ROLI=${ROLI:-.venv/bin/roli}
+S=recipes/study
+stems=${*:-$(cd $S && ls robust_*_r*li.yaml standard_*_ranli.yaml | sed 's/\.yaml$//')}
+for s in $stems; do
+  case $s in *full_finetune*) lr=1e-4,3e-4,1e-3 ;; *linear_probe*) lr=0.003,0.01,0.03 ;; *) lr=0.001,0.003,0.01 ;; esac
+  [ -f "$S/tuned/$s.tuned.yaml" ] && continue
+  "$ROLI" tune "$S/$s.yaml" --lr "$lr" --epochs 2 --out runs/study/tune --record $S/tuned
+done
