@@ -44,25 +44,20 @@ demo-full: $(STAMP)
 	@echo "demo report: $(DEMO_OUT)/report.md (runs, results.json and checkpoints in $(DEMO_OUT)/)"
 
 # The study (issue 13, docs/results.md), ~4 CPU-hours on 2 cores, in resumable slices. `make study-tune` chooses the
-# learning rates (done: recipes/study/tuned/); `make study` runs one slice of at most STUDY_MINUTES per grid in two
+# learning rates (done: recipes/study/tuned/); `make study` runs one slice (no new cell after STUDY_MINUTES) in two
 # processes (one torch thread each: run.threads in recipes/study/base.yaml), then `make study-report`. Re-run
 # `make study` until the sweeps run nothing new; finished cells are skipped, interrupted ones resume.
 STUDY_MINUTES ?= 60
-STUDY_GRIDS := grid grid_standard grid_quirks
-STUDY_OUT := runs/study/cells
 
 study-tune: $(STAMP)
 	recipes/study/tune.sh
 
 study: $(STAMP)
-	pids=""; for s in 1 2; do \
-	  (for g in $(STUDY_GRIDS); do $(VENV)/bin/roli sweep recipes/study/$$g.yaml --shard $$s/2 \
-	     --stop-after $(STUDY_MINUTES) > $(STUDY_OUT)-shard$$s-$$g.log 2>&1 || exit 1; done) & pids="$$pids $$!"; done; \
-	fail=0; for p in $$pids; do wait $$p || fail=1; done; test $$fail = 0
+	recipes/study/run.sh $(STUDY_MINUTES)
 	$(MAKE) study-report
 
 study-report: $(STAMP)
-	$(VENV)/bin/roli report $(STUDY_OUT) --archive docs/results/runs --out docs/results \
+	$(VENV)/bin/roli report runs/study/cells --archive docs/results/runs --out docs/results \
 	  --findings recipes/study/findings.yaml --doc docs/results.md > /dev/null
 	@echo "study report: docs/results.md, docs/results/report.html (archived runs: docs/results/runs/)"
 

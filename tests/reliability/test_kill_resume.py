@@ -157,7 +157,7 @@ def test_sweep_killed_between_and_inside_cells(grid, tmp_path, capsys):
     assert snapshot(out / "linear_probe") == finished
     for cell in ("linear_probe", "full_finetune"):
         assert_same_run(ref / cell, out / cell)
-    status = json.loads((out / "sweep-shard1of1.json").read_text())
+    status = json.loads((out / "sweep-grid-shard1of1.json").read_text())
     assert status["ran"] == ["full_finetune"] and status["complete"] == ["linear_probe"]
 
 

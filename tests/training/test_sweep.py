@@ -92,7 +92,7 @@ def test_sweep_runs_skips_resumes_and_reports(grid, capsys):
         assert res["stage1"]["run_dir"] == str(linear)
     assert not list(out.glob("stage1-*"))
     assert (out / "report.md").is_file() and "full_finetune" in (out / "report.md").read_text()
-    assert json.loads((out / "sweep-shard1of1.json").read_text())["ran"] == [c.name for c in cells]
+    assert json.loads((out / "sweep-grid-shard1of1.json").read_text())["ran"] == [c.name for c in cells]
 
     # Run again: everything is skipped, nothing is rewritten.
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/results.json")}
@@ -242,6 +242,20 @@ def test_seeds_are_the_slowest_axis(grid):
     names = [c.name for c in expand(load_grid(grid))]
     assert names == [f"{n}-s{s}" for s in (0, 1) for n in
                      ("linear_probe-ranli", "full_finetune-ranli", "full_finetune-roli", "bitfit-roli")]
+
+
+def test_seeds_option_keeps_those_cells_and_shards_them(grid):
+    data = yaml.safe_load(grid.read_text())
+    grid.write_text(yaml.safe_dump({**data, "seeds": [0, 1, 2]}, sort_keys=False))
+    p = plan(grid, seeds=[1])
+    assert [c.name for c in p.cells] == [f"{n}-s1" for n in
+                                         ("linear_probe-ranli", "full_finetune-ranli", "full_finetune-roli",
+                                          "bitfit-roli")]
+    halves = [{p2.cells[i].name for i in p2.selected()} for p2 in (plan(grid, shard=f"{k}/2", seeds=[1, 2])
+                                                                   for k in (1, 2))]
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == 8  # seeds 1 and 2, each cell once
+    with pytest.raises(ConfigError, match=r"no cells with seed 5; the grid's seeds are \[0, 1, 2\]"):
+        plan(grid, seeds=[5])
 
 
 def test_evaluate_runs_after_each_cell_once_and_the_report_reads_it(grid, monkeypatch):

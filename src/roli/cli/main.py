@@ -147,7 +147,13 @@ def _sweep(a: argparse.Namespace) -> int:
     from roli.evaluation.report import write_report
     from roli.training.sweep import describe, finished_dirs, plan, run_sweep
 
-    p = plan(a.grid, shard=a.shard, out=a.out, overrides=a.set)  # validates every cell's recipe first
+    seeds = None
+    if a.seeds:
+        try:
+            seeds = [int(v) for v in a.seeds.split(",")]
+        except ValueError:
+            raise SystemExit(f"roli sweep: --seeds takes integers separated by commas (e.g. 0,1), not {a.seeds!r}")
+    p = plan(a.grid, shard=a.shard, out=a.out, overrides=a.set, seeds=seeds)  # validates every cell's recipe first
     print(describe(p))
     if a.dry_run:
         return 0
@@ -260,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="run a grid of recipes (skips complete cells, resumes partial ones)")
     sw.add_argument("grid", help="grid YAML, e.g. recipes/paper/grid.yaml")
     sw.add_argument("--shard", default="1/1", metavar="I/N", help="run only the I-th of N slices (numbered from 1)")
+    sw.add_argument("--seeds", metavar="S,S", help="only the cells of these seeds of the grid (e.g. 0: a first "
+                    "look at every cell before the other seeds), sharded among themselves")
     sw.add_argument("--dry-run", action="store_true", help="print the cells and estimated GPU-hours; run nothing")
     sw.add_argument("--out", help="output root (default: the grid's `out:`)")
     sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")

@@ -411,11 +411,18 @@ class Plan:
         return [i for i, s in enumerate(self.shards) if s == self.shard[0] - 1]
 
 
-def plan(grid_path: str | Path, shard: str = "1/1", out: str | None = None, overrides: list[str] = ()) -> Plan:
-    """Expand and validate the whole grid (every recipe loads) before anything runs."""
+def plan(grid_path: str | Path, shard: str = "1/1", out: str | None = None, overrides: list[str] = (),
+         seeds: list[int] | None = None) -> Plan:
+    """Expand and validate the whole grid (every recipe loads) before anything runs; `seeds`: only the cells of
+    these seeds of the grid (e.g. seed 0 of several grids before any second seed), sharded among themselves."""
     grid = load_grid(grid_path)
     i, n = parse_shard(shard)
     cells = expand(grid, list(overrides))
+    if seeds is not None:
+        unknown = sorted(set(seeds) - {c.seed for c in cells})
+        if unknown:
+            raise ConfigError(f"{grid.path}: no cells with seed {unknown[0]}; the grid's seeds are {grid.seeds}")
+        cells = [c for c in cells if c.seed in seeds]
     configs = [cell_config(c) for c in cells]
     estimates = cell_estimates(configs, grid.cost)
     costs = [e.gpu_hours for e in estimates]
@@ -532,7 +539,7 @@ def run_sweep(p: Plan, nproc: int = 1, stop_after: float | None = None) -> dict[
     if outcome["not_started"]:
         log.info("sweep: --stop-after reached; %d cell(s) not started (run the same command again to go on)",
                  len(outcome["not_started"]))
-    status_file = p.out / f"sweep-shard{p.shard[0]}of{p.shard[1]}.json"
+    status_file = p.out / f"sweep-{p.grid.path.stem}-shard{p.shard[0]}of{p.shard[1]}.json"  # grids may share out
     atomic_write_json(status_file, {"grid": str(p.grid.path), "shard": list(p.shard), **outcome})
     return outcome
 
