@@ -204,42 +204,71 @@ def test_no_aa_columns_from_another_eps(tmp_path):
                     "synthetic RoLI clean", "synthetic RoLI PGD", "synthetic RoLI n"]
     assert "30.00" not in text and "AutoAttack standard" not in text
     parsed = _parse((tmp_path / "out" / "report.html").read_text())
-    assert all("AA" not in cell for t in parsed.tables for row in t for _, cell in row)
+    (_, wall), = parsed.tables_under("Wall time")
+    assert [row[5] for row in wall] == ["AA s per run", "–", "–", "–"]  # the 4/255 AutoAttack's time is not counted
+    assert all("AA" not in cell for h, t in zip(parsed.table_heads, parsed.tables) if h[0] != "Wall time"
+               for row in t for _, cell in row)
 
 
 class _Html(HTMLParser):
-    """Tag counts and every table as rows of (tag, text) cells."""
+    """Tag counts, every table as rows of (tag, text) cells with the h2 and h3/h4 heading it stands under, and the
+    text of headings, paragraphs, list items and inline marks in document order as (tag, text, h2)."""
+
+    CAPTURE = ("title", "h1", "h2", "h3", "h4", "p", "li", "strong", "em", "code")
 
     def __init__(self) -> None:
         super().__init__()
         self.starts: dict[str, int] = {}
         self.ends: dict[str, int] = {}
         self.tables: list[list[list[tuple[str, str]]]] = []
+        self.table_heads: list[tuple[str, str]] = []  # (h2, last h3/h4) of each table
         self.h2: list[str] = []
+        self.texts: list[tuple[str, str, str]] = []
         self._cell: list[str] | None = None
-        self._tag = ""
+        self._open: list[tuple[str, list[str]]] = []
+        self._h2 = self._h3 = ""
 
     def handle_starttag(self, tag, attrs):
         self.starts[tag] = self.starts.get(tag, 0) + 1
         if tag == "table":
             self.tables.append([])
+            self.table_heads.append((self._h2, self._h3))
         elif tag == "tr":
             self.tables[-1].append([])
-        elif tag in ("td", "th", "h2"):
-            self._cell, self._tag = [], tag
+        elif tag in ("td", "th"):
+            self._cell = []
+        if tag in self.CAPTURE:
+            self._open.append((tag, []))
 
     def handle_endtag(self, tag):
         self.ends[tag] = self.ends.get(tag, 0) + 1
         if tag in ("td", "th") and self._cell is not None:
             self.tables[-1][-1].append((tag, "".join(self._cell)))
             self._cell = None
-        elif tag == "h2" and self._cell is not None:
-            self.h2.append("".join(self._cell))
-            self._cell = None
+        if tag in self.CAPTURE and self._open and self._open[-1][0] == tag:
+            _, buf = self._open.pop()
+            text = "".join(buf)
+            if tag == "h2":
+                self.h2.append(text)
+                self._h2, self._h3 = text, ""
+            elif tag in ("h3", "h4"):
+                self._h3 = text
+            self.texts.append((tag, text, self._h2))
 
     def handle_data(self, data):
         if self._cell is not None:
             self._cell.append(data)
+        for _, buf in self._open:
+            buf.append(data)
+
+    def of(self, tag: str, h2: str | None = None) -> list[str]:
+        """The texts of every `tag` element (under the h2 `h2` when given), in order."""
+        return [t for g, t, h in self.texts if g == tag and h2 in (None, h)]
+
+    def tables_under(self, h2: str) -> list[tuple[str, list[list[str]]]]:
+        """The tables under the h2 `h2`: (their h3/h4 heading, rows of cell texts)."""
+        return [(h3, [[c for _, c in row] for row in t]) for (h, h3), t in zip(self.table_heads, self.tables)
+                if h == h2]
 
 
 def _parse(text: str) -> _Html:
@@ -263,12 +292,13 @@ def test_html_page_tables_and_figures(study, tmp_path):
     p = _parse(text)
     for tag in ("html", "table", "thead", "tbody", "tr", "td", "th", "section", "details"):
         assert p.starts.get(tag, 0) == p.ends.get(tag, 0) > 0, tag
-    assert p.h2 == ["Settings", "Results", "Clean vs robust accuracy", "Validation curves",
-                    "AutoAttack and sanity checks", "Runs"]  # no eps section: no sweep
+    assert p.h2 == ["Settings", "Results", "Clean vs robust accuracy", "Validation curves", "Wall time",
+                    "AutoAttack and sanity checks", "Runs"]  # no eps section: no sweep, no findings without a spec
+    assert p.of("title") == p.of("h1") == ["roli report"] and 'id="findings"' not in text
     assert text.count("data:image/png;base64,") == 2
 
     paper, runs = p.tables[0], p.tables[-1]
-    assert len(p.tables) == 3  # vit_a, vit_b, runs
+    assert len(p.tables) == 4  # vit_a, vit_b, wall time, runs
     header = [cell for row in paper[:3] for _, cell in row]
     assert header[:4] == ["method", "synthetic", "RanLI", "RoLI"]
     tds = [cell for row in paper for tag, cell in row if tag == "td"]
@@ -301,3 +331,214 @@ def test_scatter_uses_autoattack_only_when_every_group_has_it(study, tmp_path):
     assert "![test clean vs PGD-10 accuracy per group" in text and "clean vs AutoAttack" not in text
     text = write_report(tmp_path / "aa", dirs[:3]).read_text()  # full_finetune RanLI only: every seed has one
     assert "![test clean vs AutoAttack accuracy per group" in text
+
+
+# ------------------------------------------------------------------------------------------------ findings, wall time
+# A hand-made study under findings' naming rule (f"{prefix}-{method}-{init}"), 3 seeds a group: robust- and standard-
+# backbone groups, RoLI on the robust one, no standard linear probe (finding 1 reports that row as not run) and a
+# quirk variant of robust-lora-ranli. Finding 1 holds for lora (35 vs 8 PGD; full finetuning, not PEFT, is
+# within the margin), RoLI gains 3-4 points.
+
+FINDING_GROUPS = {  # label: (backbone, method, init, head_init, clean, pgd)
+    "robust-linear_probe-ranli": ("vit_robust", "linear_probe", "ranli", "torch", 70.0, 42.0),
+    "robust-full_finetune-ranli": ("vit_robust", "full_finetune", "ranli", "torch", 72.0, 40.0),
+    "robust-full_finetune-roli": ("vit_robust", "full_finetune", "roli", "torch", 75.0, 43.0),
+    "robust-lora-ranli": ("vit_robust", "lora", "ranli", "torch", 65.0, 35.0),
+    "robust-lora-roli": ("vit_robust", "lora", "roli", "torch", 69.0, 38.0),
+    "standard-full_finetune-ranli": ("vit_std", "full_finetune", "ranli", "torch", 60.0, 36.0),  # < margin
+    "standard-lora-ranli": ("vit_std", "lora", "ranli", "torch", 55.0, 8.0),
+    "quirk-lora_zero-ranli": ("vit_robust", "lora", "ranli", "paper", 64.0, 34.5),
+}
+OFFSETS = ((0.0, 1.3, -0.7), (0.4, -0.9, 1.1), (-0.6, 0.2, 0.9), (1.0, -0.3, 0.1), (-0.2, 0.8, 0.3))  # per seed
+AA_SEEDS = {"robust-lora-ranli": SEEDS, "standard-lora-ranli": SEEDS, "standard-full_finetune-ranli": (0,)}
+FINDINGS_SPEC = {
+    "title": "Findings <study> & co",
+    "robust": "robust", "standard": "standard", "methods": ["linear_probe", "full_finetune", "lora"],
+    "paper": {"roli_gain_clean": 3.88, "roli_gain_pgd": 2.44},
+    "compare": [{"name": "LoRA zero <init>", "default": "robust-lora-ranli", "variant": "quirk-lora_zero-ranli"}],
+    "intro": "Set-up: <script>alert('x')</script> with `a<b>` and **bold** and *italic* & more.\n\n"
+             "- first <i>item</i>\n  continued\n- second item",
+    "discussion": {"roli": "Why RoLI wins here: *small* data.", "quirks": "The zero init `B2` matters little."},
+    "closing": "## GPU plan\n\nRun the same cells on a GPU with `roli sweep`.",
+}
+FINDING_HEADINGS = ["Finding 1. Standard vs robust backbone under adversarial PEFT",
+                    "Finding 2. Linear probing vs full finetuning (robust backbone)",
+                    "Finding 3. RoLI vs RanLI (robust backbone)"]
+
+
+@pytest.fixture(scope="module")
+def findings_report(tmp_path_factory):
+    """report.html with and without the findings spec, on the same runs: (out with spec, out without, known numbers
+    {label: {"clean", "pgd", "aa", "seconds"}})."""
+    root = tmp_path_factory.mktemp("findings")
+    dirs, known = [], {}
+    for i, (lab, (backbone, method, init, head_init, clean, pgd)) in enumerate(FINDING_GROUPS.items()):
+        k = known[lab] = {"clean": [], "pgd": [], "aa": [], "seconds": []}
+        for s in SEEDS:
+            d = root / "runs" / f"{lab}-s{s}"
+            c, p = clean + OFFSETS[i % 5][s], pgd + OFFSETS[(i + 1) % 5][s]
+            res = _results(d, method=method, init=init, seed=s, clean=c, pgd=p, backbone=backbone,
+                           head_init=head_init)
+            k["clean"].append(c), k["pgd"].append(p), k["seconds"].append(res["seconds"])
+            if s in AA_SEEDS.get(lab, ()):
+                k["aa"].append(p - 2 + OFFSETS[i % 5][s] / 2)
+                _aa(d, k["aa"][-1])
+            dirs.append(d)
+    write_report(root / "with", dirs, spec=FINDINGS_SPEC)
+    write_report(root / "without", dirs)
+    return root / "with", root / "without", known
+
+
+def _md_finding_tables(md: str) -> list[tuple[str, list[list[str]]]]:
+    """findings.markdown()'s tables as (the heading above, rows of cells)."""
+    out, heading, rows = [], "", None
+    for line in md.splitlines():
+        if line.startswith("#"):
+            heading, rows = line.lstrip("#").strip(), None
+        elif line.startswith("|"):
+            if set(line) <= {"|", "-"}:
+                continue
+            if rows is None:
+                rows = []
+                out.append((heading, rows))
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        else:
+            rows = None
+    return out
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:#.3g}"
+
+
+def test_html_findings_section_matches_findings_json(findings_report):
+    from scipy import stats
+
+    from roli.evaluation.findings import markdown
+
+    out, _, known = findings_report
+    found = json.loads((out / "findings.json").read_text())
+    text = (out / "report.html").read_text()
+    assert "<pre>" not in text
+    p = _parse(text)
+    for tag in ("section", "table", "ul", "li", "p", "h3", "h4", "strong", "em", "code"):
+        assert p.starts.get(tag, 0) == p.ends.get(tag, 0) > 0, tag
+    assert p.of("title") == p.of("h1") == ["Findings <study> & co"]
+    assert "<title>Findings &lt;study&gt; &amp; co</title>" in text
+    assert p.h2 == ["Settings", "Findings", "Results", "Clean vs robust accuracy", "Validation curves", "Wall time",
+                    "GPU plan", "AutoAttack and sanity checks", "Runs"]
+    quirks = "Reference quirks vs roli defaults (variant - default, paired by seed)"
+    assert p.of("h3", "Findings") == [*FINDING_HEADINGS, quirks]
+    assert p.of("h4", "Findings") == ["LoRA zero <init>"]
+
+    # per finding: its statement (italic), rule and verdict sentence (bold), in the markdown's order
+    strong, em, paras = p.of("strong", "Findings"), p.of("em", "Findings"), p.of("p", "Findings")
+    for key in ("backbone", "linear_vs_full", "roli"):
+        f = found[key]
+        assert f["status"] not in ("not run", "untested"), key
+        assert f["sentence"] in strong and f["finding"] in em and f"Rule: {f['rule']}" in paras, key
+    assert [s for s in strong if s != "bold"] == [found[k]["sentence"] for k in ("backbone", "linear_vs_full", "roli")]
+    assert found["quirks"][0]["sentence"] in paras
+    assert "Significance level alpha = 0.05 (confidence intervals at 95%)." in paras
+    assert 'class="verdict ok"' in text  # finding 1 holds here
+    order = [paras.index(x) for x in (found["roli"]["sentence"], "Why RoLI wins here: small data.",
+                                      found["quirks"][0]["sentence"], "The zero init B2 matters little.")]
+    assert order == sorted(order)  # each discussion after its finding
+
+    # every findings table equals the markdown's table, cell for cell, under the same heading
+    html_tables = p.tables_under("Findings")
+    assert html_tables == _md_finding_tables(markdown(found))
+    assert [h for h, _ in html_tables] == [*FINDING_HEADINGS, FINDING_HEADINGS[2], "LoRA zero <init>"]
+
+    # ... and its numbers are findings.json's, which are the runs' (recomputed here)
+    backbone = {(r[0], r[2]): r for r in html_tables[0][1][1:]}
+    rob, std = known["robust-lora-ranli"]["pgd"], known["standard-lora-ranli"]["pgd"]
+    w = found["backbone"]["methods"][2]["metrics"]["pgd"]
+    assert w["diff"] == pytest.approx(statistics.fmean(rob) - statistics.fmean(std))
+    assert backbone["lora", "PGD"] == [
+        "lora", "PEFT", "PGD", f"{statistics.fmean(std):.2f} ± {statistics.stdev(std):.2f} (n=3)",
+        f"{statistics.fmean(rob):.2f} ± {statistics.stdev(rob):.2f} (n=3)", f"{w['diff']:+.2f}",
+        _p_text(stats.ttest_ind(rob, std, equal_var=False).pvalue), "yes"]
+    aa = found["backbone"]["methods"][2]["metrics"]["aa"]
+    assert backbone["lora", "AA"][5] == f"{aa['diff']:+.2f}" and aa["n_a"] == aa["n_b"] == 3
+    assert backbone["full_finetune", "PGD"][-1] == "no"  # not PEFT: finding 1 holds all the same
+    assert backbone["linear_probe", "-"][-1] == "not run (missing standard-linear_probe-ranli)"
+    assert "full_finetune: AA left out: not every seed has an AA number." in p.of("li", "Findings")
+
+    lp = found["linear_vs_full"]["metrics"]["clean"]
+    assert html_tables[1][1][1][:4] == ["clean", f"{lp['mean_a']:.2f} ± {lp['std_a']:.2f} (n=3)",
+                                        f"{lp['mean_b']:.2f} ± {lp['std_b']:.2f} (n=3)", f"{lp['diff']:+.2f}"]
+    assert html_tables[1][1][1][4] == f"[{lp['ci'][0]:.2f}, {lp['ci'][1]:.2f}]"
+
+    pooled = found["roli"]["pooled"]["pgd"]
+    diffs = [b - a for ran, roli in (("robust-full_finetune-ranli", "robust-full_finetune-roli"),
+                                     ("robust-lora-ranli", "robust-lora-roli"))
+             for a, b in zip(known[ran]["pgd"], known[roli]["pgd"])]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5
+    assert pooled["mean"] == pytest.approx(statistics.fmean(diffs)) and pooled["se"] == pytest.approx(se)
+    pgd_row = next(r for r in html_tables[3][1] if r[0] == "PGD")
+    in_ci = " (in CI)" if pooled["ci"][0] <= 2.44 <= pooled["ci"][1] else " (outside CI)"
+    assert pgd_row == ["PGD", "6", f"{pooled['mean']:+.2f} ± {pooled['se']:.2f}",
+                       f"[{pooled['ci'][0]:.2f}, {pooled['ci'][1]:.2f}]",
+                       _p_text(stats.ttest_1samp(diffs, 0).pvalue), _p_text(pooled["sign_flip_p"]),
+                       f"+2.44{in_ci}", pooled["verdict"]]
+    quirk = found["quirks"][0]["metrics"]["clean"]
+    assert found["quirks"][0]["status"] == "compared" and quirk["p"] is not None
+    assert html_tables[4][1][1][:3] == ["clean", "3", f"{quirk['mean']:+.2f} ± {quirk['std']:.2f}"]
+
+
+def test_html_spec_texts_are_escaped_markup(findings_report):
+    out, _, _ = findings_report
+    text = (out / "report.html").read_text()
+    p = _parse(text)
+    assert "<script>" not in text and "script" not in p.starts and "i" not in p.starts
+    assert "Set-up: &lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; with <code>a&lt;b&gt;</code> and " \
+           "<strong>bold</strong> and <em>italic</em> &amp; more." in text
+    intro = p.of("p", "Findings")[0]
+    assert intro == "Set-up: <script>alert('x')</script> with a<b> and bold and italic & more."
+    assert p.of("li", "Findings")[:2] == ["first <i>item</i> continued", "second item"]
+    assert "<em>small</em>" in text and "<code>B2</code>" in text
+    # the closing text after the wall time, its heading an h2 as in report.md
+    assert p.of("p", "GPU plan") == ["Run the same cells on a GPU with roli sweep."]
+    assert text.index('id="wall-time"') < text.index('id="closing"') < text.index('id="checks"')
+
+
+def test_html_without_spec_has_no_findings(findings_report):
+    _, out, _ = findings_report
+    text = (out / "report.html").read_text()
+    p = _parse(text)
+    assert not (out / "findings.json").exists()
+    assert p.of("h1") == ["roli report"] and "Findings" not in p.h2 and 'id="findings"' not in text
+    assert "GPU plan" not in text and "Set-up" not in text and "Finding 1." not in text
+    assert p.h2 == ["Settings", "Results", "Clean vs robust accuracy", "Validation curves", "Wall time",
+                    "AutoAttack and sanity checks", "Runs"]
+
+
+def test_html_wall_time_table(findings_report):
+    out, _, known = findings_report
+    p = _parse((out / "report.html").read_text())
+    (heading, wall), = p.tables_under("Wall time")
+    head, *body = wall
+    assert head == ["group", "runs", "epochs", "s per run", "s per epoch", "AA s per run", "minutes in all"]
+    assert [r[0] for r in body] == [*FINDING_GROUPS, "all"]
+    for row in body[:-1]:
+        k = known[row[0]]
+        assert row[1] == "3" and row[3] == f"{statistics.fmean(k['seconds']):.0f}"
+        assert row[5] == (f"5 (n={len(k['aa'])})" if k["aa"] else "–")
+        assert row[6] == f"{sum(k['seconds']) / 60:.1f}"
+    total = sum(s for k in known.values() for s in k["seconds"])
+    aa_total = 5.0 * sum(len(k["aa"]) for k in known.values())
+    assert body[-1] == ["all", str(3 * len(known)), "", "", "", f"{aa_total / 60:.1f} min in all", f"{total / 60:.1f}"]
+    notes = p.of("p", "Wall time")
+    assert len(notes) == 1 and f"In all {(total + aa_total) / 3600:.2f} h." in notes[0]
+    assert p.of("code", "Wall time") == ["seconds", "roli eval"]
+
+
+def test_spec_text_markup():
+    from roli.evaluation.report_html import _text
+
+    html = _text("# Plan\n\nOne *a* **b**\nline two.\n\n- x `c*d*`\n  y\n- z\n\n1. one\n2. <two>", level=2)
+    assert html == ("<h2>Plan</h2><p>One <em>a</em> <strong>b</strong> line two.</p>"
+                    "<ul><li>x <code>c*d*</code> y</li><li>z</li></ul><ol><li>one</li><li>&lt;two&gt;</li></ol>")
+    assert _text("### Deep", level=4) == "<h4>Deep</h4>" and _text("2 * 3 * 4") == "<p>2 * 3 * 4</p>"
+    assert _text("") == ""

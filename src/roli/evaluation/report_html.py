@@ -1,5 +1,6 @@
 """report.html: the report as one self-contained HTML5 page (inline CSS, PNGs embedded as data: URLs) to open in
-a browser, mail or attach; every text from the runs is escaped.
+a browser, mail or attach; every text from the runs and the findings spec is escaped. It shows what report.md shows:
+with a findings result (see `findings.findings`) the findings with their tables, and always the wall time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from roli.evaluation.report import (
     RESULTS_NOTE,
     aa_notes,
     column_name,
+    cost_table,
     paper_tables,
     row_name,
     run_table,
@@ -25,6 +27,17 @@ from roli.evaluation.report import (
 from roli.files import atomic_write_text
 
 NUMBER = re.compile(r"[-–0-9./]+")  # cells right-aligned in the per-run table
+WALL = re.compile(r"[-–0-9./]+|[0-9]+ \(n=[0-9]+\)|[0-9.]+ min in all")  # right-aligned wall-time cells
+STAT = re.compile(r"[-+]?\d|\[-?\d")  # findings-table cells that start with a number (or a CI) are right-aligned
+# The findings as findings.markdown() heads them: (heading, result key).
+FINDINGS = (("Finding 1. Standard vs robust backbone under adversarial PEFT", "backbone"),
+            ("Finding 2. Linear probing vs full finetuning (robust backbone)", "linear_vs_full"),
+            ("Finding 3. RoLI vs RanLI (robust backbone)", "roli"))
+QUIRKS_HEADING = "Reference quirks vs roli defaults (variant - default, paired by seed)"
+STATUS = {"holds": "ok", "does not hold": "bad", "partly holds": "mixed"}  # verdict colour by finding status
+HEADING = re.compile(r"(#{1,6})\s+(.*)")
+BULLET = re.compile(r"[-*]\s+(.*)")
+ORDERED = re.compile(r"\d+[.)]\s+(.*)")
 TITLES = {"scatter": "Clean vs robust accuracy", "curves": "Validation curves", "eps": "Accuracy vs eps"}
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a; margin: 0;
@@ -52,12 +65,76 @@ ul.checks { padding-left: 20px; }
 ul.checks li.fail { color: #b42318; font-weight: 600; }
 code { font-size: 13px; background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
 details summary { cursor: pointer; font-weight: 600; margin: 6px 0; }
+#findings h3 { font-family: inherit; font-size: 17px; margin-top: 26px; }
+#findings h4 { font-size: 15px; margin: 16px 0 6px; }
+p.statement { font-size: 15.5px; }
+p.verdict { padding: 6px 12px; border-left: 4px solid #8c959f; background: #f6f8fa; }
+p.verdict.ok { border-color: #1a7f37; background: #effaf2; }
+p.verdict.bad { border-color: #b42318; background: #fdf1f0; }
+p.verdict.mixed { border-color: #bf8700; background: #fff8e6; }
+table.stats td { font-variant-numeric: tabular-nums; }
+ul.note { color: #57606a; font-size: 13.5px; margin: 4px 0 10px; }
+tfoot th, tfoot td { font-weight: 600; border-top: 2px solid #b8c0c9; }
 """
 
 
 def _inline(text: str) -> str:
     """Escaped text with `code` spans."""
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(text))
+
+
+def _span(text: str) -> str:
+    """A line of markdown-ish text as escaped HTML: `code` spans, **bold** and *italic* (outside code)."""
+    out = []
+    for i, part in enumerate(re.split(r"`([^`]+)`", text)):
+        if i % 2:
+            out.append(f"<code>{escape(part)}</code>")
+            continue
+        part = re.sub(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", r"<strong>\1</strong>", escape(part))
+        out.append(re.sub(r"(?<![*\w])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![*\w])", r"<em>\1</em>", part))
+    return "".join(out)
+
+
+def _text(text: str, level: int = 3) -> str:
+    """Markdown-ish text from the findings spec (intro, discussion, closing) as escaped HTML: paragraphs (blank-line
+    separated), "- " / "1. " lists (a line that is neither continues the item), "#" headings (at `level` or below)
+    and the inline marks of `_span`."""
+    html: list[str] = []
+    para: list[str] = []
+    items: list[list[str]] = []
+    kind = ""
+
+    def flush() -> None:
+        nonlocal kind
+        if para:
+            html.append(f"<p>{_span(' '.join(para))}</p>")
+            para.clear()
+        if items:
+            lis = "".join(f"<li>{_span(' '.join(item))}</li>" for item in items)
+            html.append(f"<{kind}>{lis}</{kind}>")
+            items.clear()
+        kind = ""
+
+    for raw in text.strip().splitlines():
+        line = raw.strip()
+        heading, bullet, ordered = HEADING.fullmatch(line), BULLET.fullmatch(line), ORDERED.fullmatch(line)
+        if not line or heading:
+            flush()
+            if heading:
+                h = min(6, max(level, len(heading[1])))
+                html.append(f"<h{h}>{_span(heading[2])}</h{h}>")
+        elif bullet or ordered:
+            want = "ul" if bullet else "ol"
+            if para or kind != want:
+                flush()
+            kind = want
+            items.append([(bullet or ordered)[1]])
+        elif items:
+            items[-1].append(line)
+        else:
+            para.append(line)
+    flush()
+    return "".join(html)
 
 
 def _paper_table(t: dict) -> str:
@@ -83,11 +160,126 @@ def _paper_table(t: dict) -> str:
             f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
-def _plain_table(head: list[str], body: list[list[str]]) -> str:
+def _plain_table(head: list[str], body: list[list[str]], number=NUMBER.fullmatch, cls: str = "",
+                 foot: int = 0) -> str:
+    """A one-header table; cells `number` accepts are right-aligned; the last `foot` rows (totals) go in <tfoot>."""
+    def tr(row: list[str]) -> str:
+        return "<tr>" + "".join(f'<td{" class=num" if number(c) else ""}>{escape(c)}</td>' for c in row) + "</tr>"
+
     ths = "".join(f"<th>{escape(h)}</th>" for h in head)
-    trs = "".join("<tr>" + "".join(f'<td{" class=num" if NUMBER.fullmatch(c) else ""}>{escape(c)}</td>' for c in row)
-                  + "</tr>" for row in body)
-    return f'<div class="scroll"><table><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table></div>'
+    rows, tail = (body[:-foot], body[-foot:]) if foot else (body, [])
+    tfoot = f"<tfoot>{''.join(map(tr, tail))}</tfoot>" if tail else ""
+    return (f'<div class="scroll"><table{f" class={cls}" if cls else ""}><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{''.join(map(tr, rows))}</tbody>{tfoot}</table></div>")
+
+
+# ---------------------------------------------------------------------------------------------------- findings
+# The findings tables from the result dict, cell for cell as findings.markdown() (_md_backbone, _md_linear, _md_roli,
+# _md_quirk) writes them, with its number formats.
+
+
+def _stats_table(head: list[str], body: list[list[str]]) -> str:
+    return _plain_table(head, body, number=STAT.match, cls="stats")
+
+
+def _table_notes(items: list[tuple[str, dict]]) -> str:
+    """What a table leaves out (AA without every seed, unpaired seeds), as findings' `_notes` words it."""
+    from roli.evaluation.findings import _notes
+
+    lines = [line[2:] for line in _notes(items) if line]
+    return f'<ul class="note">{"".join(f"<li>{escape(x)}</li>" for x in lines)}</ul>' if lines else ""
+
+
+def _backbone_tables(f: dict) -> str:
+    from roli.evaluation.findings import NAMES, _d, _pm, _test
+
+    rows = []
+    for r in f["methods"]:
+        kind = "PEFT" if r["peft"] else "not PEFT"
+        if r["missing"]:
+            rows.append([r["method"], kind, "-", "-", "-", "-", "-", f"not run (missing {', '.join(r['missing'])})"])
+        for metric, w in r["metrics"].items():
+            rows.append([r["method"], kind, NAMES[metric], f"{_pm(w['mean_b'], w['std_b'])} (n={w['n_b']})",
+                         f"{_pm(w['mean_a'], w['std_a'])} (n={w['n_a']})", _d(w["diff"]), _test(w),
+                         "yes" if w["large"] else "no"])
+    head = ["method", "kind", "metric", "standard backbone", "robust backbone", "robust - standard", "Welch",
+            "large margin"]
+    return _stats_table(head, rows) + _table_notes([(f"{r['method']}: ", r) for r in f["methods"]])
+
+
+def _linear_tables(f: dict) -> str:
+    from roli.evaluation.findings import NAMES, _ci, _d, _pm, _test
+
+    if f["status"] == "not run":
+        return ""
+    rows = [[NAMES[m], f"{_pm(w['mean_a'], w['std_a'])} (n={w['n_a']})",
+             f"{_pm(w['mean_b'], w['std_b'])} (n={w['n_b']})", _d(w["diff"]), _ci(w), _test(w),
+             w["verdict"] + (" (underpowered)" if w["underpowered"] else "")] for m, w in f["metrics"].items()]
+    head = ["metric", "linear probe", "full finetune", "LP - FT", f"{1 - f['alpha']:.0%} CI", "Welch", "verdict"]
+    return _stats_table(head, rows) + _table_notes([("", f)])
+
+
+def _roli_tables(f: dict) -> str:
+    from roli.evaluation.findings import NAMES, _ci, _d, _n, _p, _test
+
+    if f["status"] == "not run":
+        return ""
+    rows = []
+    for r in f["methods"]:
+        if r["missing"] or not r["seeds"]:
+            why = f"missing {', '.join(r['missing'])}" if r["missing"] else "no common seed"
+            rows.append([r["method"], "-", "-", "-", "-", "-", f"not run ({why})"])
+        for metric, s in r.get("metrics", {}).items():
+            rows.append([r["method"], NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s),
+                         _test(s) + (" (1 df)" if s["n"] == 2 and s["p"] is not None else ""), s["verdict"]])
+    html = _stats_table(["method", "metric", "pairs", "RoLI - RanLI (mean ± std)", "CI", "paired t", "verdict"], rows)
+    html += _table_notes([(f"{r['method']}: ", r) for r in f["methods"]])
+    pooled = []
+    for metric, s in f["pooled"].items():
+        if "verdict" not in s:
+            pooled.append([NAMES[metric], "-", "-", "-", "-", "-", "-", s["note"]])
+            continue
+        paper = "-" if s["paper"] is None else _d(s["paper"]) + (
+            "" if s["paper_in_ci"] is None else " (in CI)" if s["paper_in_ci"] else " (outside CI)")
+        pooled.append([NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['se'])}", _ci(s), _test(s),
+                       _p(s["sign_flip_p"]), paper, s["verdict"]])
+    return html + "<p>Pooled over (method, seed) pairs:</p>" + _stats_table(
+        ["metric", "pairs", "mean ± SE", "CI", "paired t", "sign-flip", "paper", "verdict"], pooled)
+
+
+def _quirk(e: dict) -> str:
+    from roli.evaluation.findings import NAMES, _ci, _d, _n, _p, _test
+
+    html = f"<h4>{escape(e['name'])}</h4>"
+    if e["status"] != "not run":
+        rows = [[NAMES[m], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s), _test(s), _p(s["sign_flip_p"]),
+                 s["verdict"]] for m, s in e["metrics"].items()]
+        html += _stats_table(["metric", "pairs", "variant - default (mean ± std)", "CI", "paired t", "sign-flip",
+                              "verdict"], rows) + _table_notes([("", e)])
+    return html + f"<p>{escape(e['sentence'])}</p>"
+
+
+def _findings(found: dict) -> str:
+    """The findings section: the spec's intro, alpha, per finding its statement, table(s), rule, verdict sentence and
+    discussion, then the quirk comparisons (what findings.markdown() writes, as HTML)."""
+    spec = found["spec"]
+    discussion = spec.get("discussion") or {}
+    tables = {"backbone": _backbone_tables, "linear_vs_full": _linear_tables, "roli": _roli_tables}
+    alpha = spec["alpha"]
+    parts = ['<section id="findings"><h2>Findings</h2>', _text(spec.get("intro") or ""),
+             f'<p class="note">Significance level alpha = {alpha:g} (confidence intervals at {1 - alpha:.0%}).</p>']
+    for heading, key in FINDINGS:
+        f = found[key]
+        verdict = STATUS.get(f["status"], "none")
+        parts += [f'<section id="finding-{key}"><h3>{escape(heading)}</h3>',
+                  f'<p class="statement"><em>{escape(f["finding"])}</em></p>', tables[key](f),
+                  f'<p class="note">Rule: {escape(f["rule"])}</p>',
+                  f'<p class="verdict {verdict}"><strong>{escape(f["sentence"])}</strong></p>',
+                  _text(discussion[key], 4) if key in discussion else "", "</section>"]
+    if found["quirks"]:
+        parts += [f'<section id="quirks"><h3>{escape(QUIRKS_HEADING)}</h3>', *map(_quirk, found["quirks"]),
+                  _text(discussion["quirks"], 4) if "quirks" in discussion else "", "</section>"]
+    return "".join(parts) + "</section>"
 
 
 def _figure(out: Path, key: str, png: str, caption: str) -> str:
@@ -97,15 +289,24 @@ def _figure(out: Path, key: str, png: str, caption: str) -> str:
             "</figure></section>")
 
 
-def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]]) -> None:
-    """Write report.html: settings, the paper-shape tables, the figures, AutoAttack notes and sanity checks, and
-    the per-run table (collapsed)."""
+def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str]],
+               found: dict | None = None) -> None:
+    """Write report.html: settings, the findings (with a findings result `found`, see `findings.findings`), the
+    paper-shape tables, the figures, the wall time (and the spec's closing text), AutoAttack notes and sanity checks,
+    and the per-run table (collapsed): what report.md shows."""
+    title = found["spec"]["title"] if found else "roli report"
     dl = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in settings(rows).items())
-    parts = [(f"<h1>roli report</h1><p class=\"meta\">{len(rows)} runs in {len(gs)} groups (a group: runs that "
+    parts = [(f"<h1>{escape(title)}</h1><p class=\"meta\">{len(rows)} runs in {len(gs)} groups (a group: runs that "
               "differ only in seed)</p>"), f'<section id="settings"><h2>Settings</h2><dl class="settings">{dl}</dl></section>',
+             *([_findings(found)] if found else []),
              f'<section id="results"><h2>Results</h2><p class="note">{escape(RESULTS_NOTE)}</p>',
              *(_paper_table(t) for t in paper_tables(gs)), "</section>"]
     parts += [_figure(path.parent, k, png, caption) for k, (png, caption) in figures.items()]
+    head, body, notes = cost_table(gs, rows)
+    parts.append(f'<section id="wall-time"><h2>Wall time</h2>{_plain_table(head, body, number=WALL.fullmatch, foot=1)}'
+                 + "".join(f'<p class="note">{_inline(n)}</p>' for n in notes) + "</section>")
+    if found and found["spec"].get("closing"):
+        parts.append(f'<section id="closing">{_text(found["spec"]["closing"], 2)}</section>')
     items = "".join(f'<li{" class=fail" if failed else ""}>{_inline(text)}</li>'
                     for entry in sanity(gs, rows) for failed, text in sanity_lines(entry))
     notes = "".join(f'<p class="note">{_inline(n)}</p>' for n in aa_notes(rows))
@@ -117,5 +318,5 @@ def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, 
                  "selected (best validation PGD accuracy).</p></details></section>")
     atomic_write_text(path, '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
                             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-                            f"<title>roli report</title><style>{CSS}</style></head>\n<body><main>\n"
+                            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
                             + "\n".join(parts) + "\n</main></body></html>\n")
