@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -275,6 +276,55 @@ def test_result_is_json_and_markdown_formats_numbers():
     md = F.markdown(r)
     assert md.startswith("# Paper findings") and md.count("## Finding") == 3 and "p < 0.001" in md
     assert "+3.08" in md  # mean clean gain 3.0833, two decimals
+
+
+def test_sections_lay_out_what_markdown_writes():
+    g = {**backbone_groups(), **lp_ft([45.0, 45.5, 46.0], [40.0, 40.4, 39.8]),
+         **roli_groups([3.1, 2.9, 3.5, 2.7, 3.3, 3.0], [2.0, 2.1, 1.9, 2.2, 1.8, 2.0]),
+         "quirk-lora-ranli": group([80.5, 81.0, 79.0], [50.0, 49.0, 51.0])}
+    s = spec(compare=[{"name": "B2", "default": "robust-lora-ranli", "variant": "quirk-lora-ranli"}],
+             discussion={"roli": "Why."})
+    r = F.findings(g, s)
+    parts = F.sections(r)
+    assert [p["key"] for p in parts] == ["backbone", "linear_vs_full", "roli", "quirks"]
+    assert [p["heading"] for p in parts] == list(F.HEADINGS.values())
+    assert [p["discussion"] for p in parts] == [None, None, "Why.", None]
+    roli, quirks = parts[2], parts[3]
+    assert roli["sentence"] == r["roli"]["sentence"] and roli["status"] == r["roli"]["status"]
+    assert [t["caption"] for t in roli["tables"]] == ["", "Pooled over (method, seed) pairs:"]
+    assert all(len(row) == len(t["header"]) for p in parts for t in p["tables"] for row in t["rows"])
+    (quirk,) = quirks["parts"]
+    assert quirk["heading"] == "B2" and quirk["sentence"] == r["quirks"][0]["sentence"]
+    assert quirk["tables"][0]["header"][2] == "variant - default (mean ± std)"
+    md = F.markdown(r)
+    for p in parts:
+        assert f"\n## {p['heading']}\n" in md
+        for t in p["tables"]:
+            assert "| " + " | ".join(t["header"]) + " |" in md
+    assert "\n### B2\n" in md and F.significance(r["spec"]) in md
+    nested = F.markdown(r, level=3)  # as the report nests them under its "## Findings"
+    assert "\n### Finding 1. " in nested and "\n#### B2\n" in nested and "\n## " not in nested
+
+
+def test_a_bar_in_a_name_keeps_the_tables_columns():
+    """A `|` from the spec (a method or compare name) is escaped in markdown table cells, not in headings."""
+    g = {f"{k.replace('lora', 'lo|ra')}": v for k, v in roli_groups([3.1, 2.9, 3.5, 2.7, 3.3, 3.0],
+                                                                   [2.0, 2.1, 1.9, 2.2, 1.8, 2.0]).items()}
+    g["quirk-lo|ra-ranli"] = group([80.5, 81.0, 79.0], [50.0, 49.0, 51.0])
+    s = spec(methods=["full_finetune", "lo|ra"],
+             compare=[{"name": "B2 | zero", "default": "robust-lo|ra-ranli", "variant": "quirk-lo|ra-ranli"}])
+    md = F.markdown(F.findings(g, s))
+    assert "\n### B2 | zero\n" in md and "| lo\\|ra | clean |" in md
+    tables, table = [], None
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if table is None:
+                tables.append(table := [])
+            table.append(len(re.split(r"(?<!\\)\|", line)))
+        else:
+            table = None
+    assert len(tables) == 4 and all(len(set(t)) == 1 for t in tables)  # findings 1, 3 (two) and the quirk
+    assert F.md_table(["a", "b|c"], [["x|y", "z"]]) == ["| a | b\\|c |", "|---|---|", "| x\\|y | z |"]
 
 
 def test_p_value_format():

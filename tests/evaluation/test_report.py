@@ -216,6 +216,22 @@ def _csv_rows(out: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
         return list(reader.fieldnames), {r["run"]: r for r in reader}
 
 
+def test_sanity_lines_count_checks_in_words():
+    from roli.evaluation.report import sanity_lines
+
+    def text(passed, failed=0, checked=1, unchecked=()):
+        fails = [{"run": "r-s0", "name": "finite", "file": "e.json", "message": "nan"}] * failed
+        entry = {"label": "g", "runs": checked + len(unchecked), "checked": checked, "passed": passed,
+                 "failed": fails, "unchecked": list(unchecked)}
+        return [t for failed, t in sanity_lines(entry) if not failed]
+
+    assert text(1) == ["g: the 1 check passed"]
+    assert text(3, checked=2) == ["g: all 3 checks passed over 2 runs"]
+    assert text(1, failed=1) == ["g: 1 check passed, 1 failed"]
+    assert text(2, failed=1, checked=2, unchecked=["r-s2"]) == ["g: 2 checks passed, 1 failed over 2 runs; no checks "
+                                                                "yet for r-s2"]
+
+
 def test_run_threat_current_and_older_results():
     from roli.evaluation.report import run_threat
 

@@ -61,10 +61,12 @@ def test_findings_json_and_report_sections(study, tmp_path):
     assert lora["metrics"]["clean"]["mean"] == pytest.approx(3.0)
     text = (out / "report.md").read_text()
     assert text.startswith("# tiny study\n")
-    order = [text.index(s) for s in ("Settings:", "Set-up <b>here</b>.", "## Finding 1", "## Finding 3",
-                                     "Why RoLI went this way.", "zero adapter", "## Results", "## Wall time",
-                                     "Run it on a GPU next.", "## Runs")]
+    order = [text.index(s) for s in ("Settings:", "\n## Findings\n", "Set-up <b>here</b>.", "\n### Finding 1. ",
+                                     "\n### Finding 3. ", "Why RoLI went this way.", "\n### Reference quirks",
+                                     "\n#### zero adapter\n", "## Results", "## Wall time", "Run it on a GPU next.",
+                                     "## Runs")]
     assert order == sorted(order)
+    assert "\n## Finding " not in text  # the findings one level below their "## Findings", as in report.html
     assert found["roli"]["sentence"] in text and found["backbone"]["sentence"] in text
 
 
@@ -92,6 +94,45 @@ def test_wall_time_adds_up_the_runs(study):
     assert by["all"]["runs"] == str(len(study))
     assert float(by["all"]["minutes in all"]) == pytest.approx(round(6 * 60 / 60, 1))
     assert "cpu (AVX2, 1 threads)" in notes[0]
+    for r in rows:
+        r["device"] = None
+    notes = cost_table(groups(rows), rows)[2]
+    assert "`seconds`) (machine not recorded); AutoAttack" in notes[0] and " on not recorded" not in notes[0]
+
+
+def _cells(line: str) -> list[str]:
+    """A markdown table line's cells, split at the `|` that are not escaped."""
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
+
+def test_a_bar_in_names_keeps_the_markdown_tables_columns(tmp_path):
+    """A `|` in a method, run or group name, or in a compare name, is escaped in every report.md table."""
+    cells = {(p, "lo|ra" if m == "lora" else m, i): v for (p, m, i), v in CELLS.items()}
+    dirs = [_write(tmp_path / "runs", *key, seed, *v) for key, vals in cells.items() for seed, v in enumerate(vals)]
+    spec = {**SPEC, "methods": ["linear_probe", "lo|ra"],
+            "compare": [{"name": "zero | adapter", "default": "robust-lo|ra-ranli", "variant": "quirk-lo|ra-ranli"}]}
+    write_report(tmp_path / "out", dirs, spec=validate_spec(spec))
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "\n#### zero | adapter\n" in text
+    tables, table = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            if table is None:
+                table = []
+                tables.append(table)
+            table.append(line)
+        else:
+            table = None
+    assert len(tables) >= 6  # findings 1 and 3 (two), the quirk, the paper tables, wall time, runs
+    for t in tables:
+        width = len(_cells(t[0]))
+        assert all(len(_cells(line)) == width for line in t[2:]), t
+    rows = [_cells(line) for t in tables for line in t[2:]]
+    assert ["lo\\|ra", "PEFT", "PGD"] in [r[:3] for r in rows]  # finding 1's row of the PEFT method
+    assert any(r[0] == "robust-lo\\|ra-roli" for r in rows)  # the wall-time table's group
+    assert any(r[0] == "robust-lo\\|ra-roli-s0" for r in rows)  # the per-run table's run
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<td>lo|ra</td>" in html and "lo\\|ra" not in html  # HTML cells need no escape for it
 
 
 @pytest.mark.parametrize("bad, words", [({"intro": 3}, "intro must be text"),

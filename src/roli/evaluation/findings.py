@@ -27,8 +27,9 @@ Findings:
      over methods with a paired t-test and an exact sign-flip permutation test).
   4. `compare_quirks`: each `compare` pair, paired by seed.
 
-`findings(groups, spec)` returns one JSON-serialisable dict (non-finite numbers become null); `markdown(result)`
-renders it with one plain sentence per finding. A missing group never crashes: its finding (or method row) says
+`findings(groups, spec)` returns one JSON-serialisable dict (non-finite numbers become null); `sections(result)`
+lays it out as data (headings, tables of formatted cells, rule, sentence, discussion) and `markdown(result)` renders
+that with one plain sentence per finding (report_html renders the same sections as HTML). A missing group never crashes: its finding (or method row) says
 "not run" and names the missing groups. AutoAttack statistics appear only when every seed involved has an AA number.
 Decisions use the t-test's p-value; the sign-flip p-value is shown beside it, and a disagreement is pointed out.
 Pure numpy + scipy: no torch import.
@@ -621,7 +622,10 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-# ---------------------------------------------------------------------------------------------------- markdown
+# ---------------------------------------------------------------------------------------------------- layout
+# The findings as data: `sections(result)` gives per finding (and for the quirk comparisons) its heading, statement,
+# tables (header and rows of formatted cells, plus note lines), rule, verdict sentence and discussion, so that
+# `markdown` here and report_html lay them out without knowing any column.
 
 
 def _n(x: float | None) -> str:
@@ -651,12 +655,8 @@ def _test(s: dict) -> str:
     return _p(s["p"]) if s.get("p") is not None else (s.get("note") or "no test")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def _notes(items: list[tuple[str, dict]]) -> list[str]:
-    """Lines for what a table leaves out: AA without every seed, seeds without a partner."""
+def _note_lines(items: list[tuple[str, dict]]) -> list[str]:
+    """What a table leaves out (AA without every seed, seeds without a partner), one line each."""
     out = []
     for who, r in items:
         if r.get("aa_note"):
@@ -664,10 +664,15 @@ def _notes(items: list[tuple[str, dict]]) -> list[str]:
         if r.get("unpaired_seeds"):
             out.append(f"{who}seeds {', '.join(map(str, r['unpaired_seeds']))} are in only one of the two groups "
                        "and left out of the pairing.")
-    return ["", *(f"- {line}" for line in out)] if out else []
+    return out
 
 
-def _md_backbone(f: dict) -> list[str]:
+def _tbl(header: list[str], rows: list[list[str]], notes: list[str] | None = None, caption: str = "") -> dict:
+    """One table: an optional caption line above it, header, rows of cells and note lines below it."""
+    return {"caption": caption, "header": header, "rows": rows, "notes": notes or []}
+
+
+def _tables_backbone(f: dict) -> list[dict]:
     rows = []
     for r in f["methods"]:
         kind = "PEFT" if r["peft"] else "not PEFT"
@@ -677,21 +682,21 @@ def _md_backbone(f: dict) -> list[str]:
             rows.append([r["method"], kind, NAMES[metric], f"{_pm(w['mean_b'], w['std_b'])} (n={w['n_b']})",
                          f"{_pm(w['mean_a'], w['std_a'])} (n={w['n_a']})", _d(w["diff"]), _test(w),
                          "yes" if w["large"] else "no"])
-    return _table(["method", "kind", "metric", "standard backbone", "robust backbone", "robust - standard", "Welch",
-                   "large margin"], rows) + _notes([(f"{r['method']}: ", r) for r in f["methods"]])
+    return [_tbl(["method", "kind", "metric", "standard backbone", "robust backbone", "robust - standard", "Welch",
+                  "large margin"], rows, _note_lines([(f"{r['method']}: ", r) for r in f["methods"]]))]
 
 
-def _md_linear(f: dict) -> list[str]:
+def _tables_linear(f: dict) -> list[dict]:
     if f["status"] == "not run":
         return []
     rows = [[NAMES[m], f"{_pm(w['mean_a'], w['std_a'])} (n={w['n_a']})", f"{_pm(w['mean_b'], w['std_b'])} (n={w['n_b']})",
              _d(w["diff"]), _ci(w), _test(w), w["verdict"] + (" (underpowered)" if w["underpowered"] else "")]
             for m, w in f["metrics"].items()]
-    return _table(["metric", "linear probe", "full finetune", "LP - FT", f"{1 - f['alpha']:.0%} CI", "Welch",
-                   "verdict"], rows) + _notes([("", f)])
+    return [_tbl(["metric", "linear probe", "full finetune", "LP - FT", f"{1 - f['alpha']:.0%} CI", "Welch",
+                  "verdict"], rows, _note_lines([("", f)]))]
 
 
-def _md_roli(f: dict) -> list[str]:
+def _tables_roli(f: dict) -> list[dict]:
     if f["status"] == "not run":
         return []
     rows = []
@@ -702,53 +707,106 @@ def _md_roli(f: dict) -> list[str]:
         for metric, s in r.get("metrics", {}).items():
             rows.append([r["method"], NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s),
                          _test(s) + (" (1 df)" if s["n"] == 2 and s["p"] is not None else ""), s["verdict"]])
-    lines = _table(["method", "metric", "pairs", "RoLI - RanLI (mean ± std)", "CI", "paired t", "verdict"], rows)
-    lines += _notes([(f"{r['method']}: ", r) for r in f["methods"]])
-    prow = []
+    pooled = []
     for metric, s in f["pooled"].items():
         if "verdict" not in s:
-            prow.append([NAMES[metric], "-", "-", "-", "-", "-", "-", s["note"]])
+            pooled.append([NAMES[metric], "-", "-", "-", "-", "-", "-", s["note"]])
             continue
         paper = "-" if s["paper"] is None else _d(s["paper"]) + (
             "" if s["paper_in_ci"] is None else " (in CI)" if s["paper_in_ci"] else " (outside CI)")
-        prow.append([NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['se'])}", _ci(s), _test(s),
-                     _p(s["sign_flip_p"]), paper, s["verdict"]])
-    return lines + ["", "Pooled over (method, seed) pairs:", ""] + _table(
-        ["metric", "pairs", "mean ± SE", "CI", "paired t", "sign-flip", "paper", "verdict"], prow)
+        pooled.append([NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['se'])}", _ci(s), _test(s),
+                       _p(s["sign_flip_p"]), paper, s["verdict"]])
+    return [_tbl(["method", "metric", "pairs", "RoLI - RanLI (mean ± std)", "CI", "paired t", "verdict"], rows,
+                 _note_lines([(f"{r['method']}: ", r) for r in f["methods"]])),
+            _tbl(["metric", "pairs", "mean ± SE", "CI", "paired t", "sign-flip", "paper", "verdict"], pooled,
+                 caption="Pooled over (method, seed) pairs:")]
 
 
-def _md_quirk(e: dict) -> list[str]:
-    lines = [f"### {e['name']}", ""]
-    if e["status"] != "not run":
-        rows = [[NAMES[m], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s), _test(s),
-                 _p(s["sign_flip_p"]), s["verdict"]] for m, s in e["metrics"].items()]
-        lines += _table(["metric", "pairs", "variant - default (mean ± std)", "CI", "paired t", "sign-flip",
-                         "verdict"], rows) + _notes([("", e)]) + [""]
-    return lines + [e["sentence"], ""]
+def _tables_quirk(e: dict) -> list[dict]:
+    if e["status"] == "not run":
+        return []
+    rows = [[NAMES[m], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s), _test(s), _p(s["sign_flip_p"]),
+             s["verdict"]] for m, s in e["metrics"].items()]
+    return [_tbl(["metric", "pairs", "variant - default (mean ± std)", "CI", "paired t", "sign-flip", "verdict"], rows,
+                 _note_lines([("", e)]))]
 
 
-def markdown(result: dict[str, Any], title: bool = True, closing: bool = True) -> str:
-    """The findings as markdown: per finding a heading, a table, the rule and one plain sentence on whether it holds
-    (the report places the title and the closing text itself: `title`/`closing` False leave them out)."""
+HEADINGS = {"backbone": "Finding 1. Standard vs robust backbone under adversarial PEFT",
+            "linear_vs_full": "Finding 2. Linear probing vs full finetuning (robust backbone)",
+            "roli": "Finding 3. RoLI vs RanLI (robust backbone)",
+            "quirks": "Reference quirks vs roli defaults (variant - default, paired by seed)"}  # by result key
+TABLES = {"backbone": _tables_backbone, "linear_vs_full": _tables_linear, "roli": _tables_roli}
+
+
+def significance(spec: dict[str, Any]) -> str:
+    """The line stating the significance level, above the findings."""
+    return f"Significance level alpha = {spec['alpha']:g} (confidence intervals at {1 - spec['alpha']:.0%})."
+
+
+def sections(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The findings of a `findings` result laid out, in order: per finding {key, heading, statement, tables, rule,
+    sentence, status, parts: [], discussion}, then (when the spec compares any) the quirks as {key: "quirks",
+    heading, parts, discussion} with statement, rule and sentence None and no tables; each part (a quirk) is
+    {heading, tables, sentence}. A table is {caption, header, rows, notes}: its cells formatted, user text as is
+    (the renderer escapes it); discussion is the spec's text or None."""
+    discussion = result["spec"].get("discussion") or {}
+    out = []
+    for key, tables in TABLES.items():
+        f = result[key]
+        out.append({"key": key, "heading": HEADINGS[key], "statement": f["finding"], "tables": tables(f),
+                    "rule": f["rule"], "sentence": f["sentence"], "status": f["status"], "parts": [],
+                    "discussion": discussion.get(key)})
+    if result["quirks"]:
+        parts = [{"heading": e["name"], "tables": _tables_quirk(e), "sentence": e["sentence"]}
+                 for e in result["quirks"]]
+        out.append({"key": "quirks", "heading": HEADINGS["quirks"], "statement": None, "tables": [], "rule": None,
+                    "sentence": None, "status": None, "parts": parts, "discussion": discussion.get("quirks")})
+    return out
+
+
+def md_cell(text: str) -> str:
+    """A markdown table cell: a `|` in it (e.g. in a name from the spec) escaped, so it does not split the cell."""
+    return str(text).replace("|", "\\|")
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines, every cell escaped (see `md_cell`)."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(map(md_cell, cells)) + " |"
+
+    return [line(header), "|" + "---|" * len(header), *map(line, rows)]
+
+
+def _md_tables(tables: list[dict]) -> list[str]:
+    lines: list[str] = []
+    for t in tables:
+        lines += [""] if lines else []
+        lines += [t["caption"], ""] if t["caption"] else []
+        lines += md_table(t["header"], t["rows"])
+        lines += ["", *(f"- {note}" for note in t["notes"])] if t["notes"] else []
+    return lines
+
+
+def markdown(result: dict[str, Any], title: bool = True, closing: bool = True, level: int = 2) -> str:
+    """The findings as markdown: per finding a heading (at `level`), a table, the rule and one plain sentence on
+    whether it holds; the quirk comparisons one level below theirs (the report places the title and the closing text
+    itself: `title`/`closing` False leave them out, and nests the findings one level lower)."""
     spec = result["spec"]
-    discussion = spec.get("discussion") or {}
     out = [f"# {spec.get('title') or DEFAULTS['title']}", ""] if title else []
     out += [spec["intro"].strip(), ""] if spec.get("intro") else []
-    out += [f"Significance level alpha = {spec['alpha']:g} (confidence intervals at {1 - spec['alpha']:.0%}).", ""]
-    parts = [("1. Standard vs robust backbone under adversarial PEFT", "backbone", _md_backbone),
-             ("2. Linear probing vs full finetuning (robust backbone)", "linear_vs_full", _md_linear),
-             ("3. RoLI vs RanLI (robust backbone)", "roli", _md_roli)]
-    for title, key, table in parts:
-        f = result[key]
-        out += [f"## Finding {title}", "", f"*{f['finding']}*", ""]
-        t = table(f)
-        out += (t + [""]) if t else []
-        out += [f"Rule: {f['rule']}", "", f"**{f['sentence']}**", ""]
-        out += [discussion[key].strip(), ""] if key in discussion else []
-    if result["quirks"]:
-        out += ["## Reference quirks vs roli defaults (variant - default, paired by seed)", ""]
-        for e in result["quirks"]:
-            out += _md_quirk(e)
-        out += [discussion["quirks"].strip(), ""] if "quirks" in discussion else []
+    out += [significance(spec), ""]
+    for s in sections(result):
+        out += [f"{'#' * level} {s['heading']}", ""]
+        out += [f"*{s['statement']}*", ""] if s["statement"] else []
+        tables = _md_tables(s["tables"])
+        out += (tables + [""]) if tables else []
+        out += [f"Rule: {s['rule']}", ""] if s["rule"] else []
+        out += [f"**{s['sentence']}**", ""] if s["sentence"] else []
+        for part in s["parts"]:
+            out += [f"{'#' * (level + 1)} {part['heading']}", ""]
+            tables = _md_tables(part["tables"])
+            out += (tables + [""]) if tables else []
+            out += [part["sentence"], ""]
+        out += [s["discussion"].strip(), ""] if s["discussion"] else []
     out += [spec["closing"].strip(), ""] if spec.get("closing") and closing else []
     return "\n".join(out).rstrip() + "\n"

@@ -325,13 +325,21 @@ def sanity(gs: list[dict], rows: list[dict]) -> list[dict]:
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    """'1 check', '3 checks'."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def sanity_lines(entry: dict) -> list[tuple[bool, str]]:
     """A group's sanity entry as (failed, text) lines: one per failed check, one summary for the rest."""
     lines = [(True, f"{f['run']}: {f['name']} FAILED ({f['file']}): {f['message']}") for f in entry["failed"]]
     if entry["checked"]:
         over = f" over {entry['checked']} runs" if entry["checked"] > 1 else ""
-        text = (f"all {entry['passed']} checks passed{over}" if not entry["failed"]
-                else f"{entry['passed']} checks passed, {len(entry['failed'])} failed{over}")
+        passed = entry["passed"]
+        if entry["failed"]:
+            text = f"{_count(passed, 'check')} passed, {len(entry['failed'])} failed{over}"
+        else:
+            text = (f"the 1 check passed{over}" if passed == 1 else f"all {passed} checks passed{over}")
         if entry["unchecked"]:
             text += f"; no checks yet for {', '.join(entry['unchecked'])}"
         lines.append((False, f"{entry['label']}: {text}"))
@@ -360,8 +368,9 @@ def cost_table(gs: list[dict], rows: list[dict]) -> tuple[list[str], list[list[s
                      f"{sum(aa) / len(aa):.0f} (n={len(aa)})" if aa else "–", f"{sum(secs) / 60:.1f}"])
     body.append(["all", str(len(rows)), "", "", "", f"{aa_total / 60:.1f} min in all" if aa_total else "–",
                  f"{total / 60:.1f}"])
-    machines = " / ".join(_unique(str(r["device"]) for r in rows if r["device"])) or "not recorded"
-    notes = [f"Wall time of training + validation + test per run (results.json `seconds`) on {machines}; AutoAttack "
+    machines = " / ".join(_unique(str(r["device"]) for r in rows if r["device"]))
+    where = f"on {machines}" if machines else "(machine not recorded)"
+    notes = [f"Wall time of training + validation + test per run (results.json `seconds`) {where}; AutoAttack "
              f"(`roli eval`) apart. In all {(total + aa_total) / 3600:.2f} h. A RoLI run's time includes its stage 1 "
              "only when no earlier run in the same folder provided it (normally the linear-probe run does)."]
     head = ["group", "runs", "epochs", "s per run", "s per epoch", "AA s per run", "minutes in all"]
@@ -369,7 +378,12 @@ def cost_table(gs: list[dict], rows: list[dict]) -> tuple[list[str], list[list[s
 
 
 def _md_table(head: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(c) + " |" for c in body)]
+    """A markdown table's lines; a `|` in a cell (a run, group, method or dataset name) is escaped as `\\|`, so it
+    does not split the cell (findings.md_table does the same for the findings)."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return [line(head), "|" + "---|" * len(head), *map(line, body)]
 
 
 def row_name(row: dict) -> str:
@@ -392,8 +406,8 @@ def markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str
 
     title = found["spec"]["title"] if found else "roli report"
     text = [f"# {title}", "", "Settings: " + " · ".join(f"{k} {v}" for k, v in settings(rows).items()), ""]
-    if found:
-        text += [findings.markdown(found, title=False, closing=False)]
+    if found:  # under their own heading, one level lower than findings.markdown() alone puts them (as report.html)
+        text += ["## Findings", "", findings.markdown(found, title=False, closing=False, level=3)]
     text += ["## Results", "", RESULTS_NOTE, ""]
     for t in paper_tables(gs):
         head = ["method"] + [f"{d} {INITS.get(i, i)} {column_name(m)}" for d, i, m in t["columns"]]

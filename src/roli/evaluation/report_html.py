@@ -29,11 +29,6 @@ from roli.files import atomic_write_text
 NUMBER = re.compile(r"[-–0-9./]+")  # cells right-aligned in the per-run table
 WALL = re.compile(r"[-–0-9./]+|[0-9]+ \(n=[0-9]+\)|[0-9.]+ min in all")  # right-aligned wall-time cells
 STAT = re.compile(r"[-+]?\d|\[-?\d")  # findings-table cells that start with a number (or a CI) are right-aligned
-# The findings as findings.markdown() heads them: (heading, result key).
-FINDINGS = (("Finding 1. Standard vs robust backbone under adversarial PEFT", "backbone"),
-            ("Finding 2. Linear probing vs full finetuning (robust backbone)", "linear_vs_full"),
-            ("Finding 3. RoLI vs RanLI (robust backbone)", "roli"))
-QUIRKS_HEADING = "Reference quirks vs roli defaults (variant - default, paired by seed)"
 STATUS = {"holds": "ok", "does not hold": "bad", "partly holds": "mixed"}  # verdict colour by finding status
 HEADING = re.compile(r"(#{1,6})\s+(.*)")
 BULLET = re.compile(r"[-*]\s+(.*)")
@@ -174,111 +169,42 @@ def _plain_table(head: list[str], body: list[list[str]], number=NUMBER.fullmatch
 
 
 # ---------------------------------------------------------------------------------------------------- findings
-# The findings tables from the result dict, cell for cell as findings.markdown() (_md_backbone, _md_linear, _md_roli,
-# _md_quirk) writes them, with its number formats.
+# The findings laid out by findings.sections(), the same headings, tables and texts findings.markdown() writes.
 
 
-def _stats_table(head: list[str], body: list[list[str]]) -> str:
-    return _plain_table(head, body, number=STAT.match, cls="stats")
-
-
-def _table_notes(items: list[tuple[str, dict]]) -> str:
-    """What a table leaves out (AA without every seed, unpaired seeds), as findings' `_notes` words it."""
-    from roli.evaluation.findings import _notes
-
-    lines = [line[2:] for line in _notes(items) if line]
-    return f'<ul class="note">{"".join(f"<li>{escape(x)}</li>" for x in lines)}</ul>' if lines else ""
-
-
-def _backbone_tables(f: dict) -> str:
-    from roli.evaluation.findings import NAMES, _d, _pm, _test
-
-    rows = []
-    for r in f["methods"]:
-        kind = "PEFT" if r["peft"] else "not PEFT"
-        if r["missing"]:
-            rows.append([r["method"], kind, "-", "-", "-", "-", "-", f"not run (missing {', '.join(r['missing'])})"])
-        for metric, w in r["metrics"].items():
-            rows.append([r["method"], kind, NAMES[metric], f"{_pm(w['mean_b'], w['std_b'])} (n={w['n_b']})",
-                         f"{_pm(w['mean_a'], w['std_a'])} (n={w['n_a']})", _d(w["diff"]), _test(w),
-                         "yes" if w["large"] else "no"])
-    head = ["method", "kind", "metric", "standard backbone", "robust backbone", "robust - standard", "Welch",
-            "large margin"]
-    return _stats_table(head, rows) + _table_notes([(f"{r['method']}: ", r) for r in f["methods"]])
-
-
-def _linear_tables(f: dict) -> str:
-    from roli.evaluation.findings import NAMES, _ci, _d, _pm, _test
-
-    if f["status"] == "not run":
-        return ""
-    rows = [[NAMES[m], f"{_pm(w['mean_a'], w['std_a'])} (n={w['n_a']})",
-             f"{_pm(w['mean_b'], w['std_b'])} (n={w['n_b']})", _d(w["diff"]), _ci(w), _test(w),
-             w["verdict"] + (" (underpowered)" if w["underpowered"] else "")] for m, w in f["metrics"].items()]
-    head = ["metric", "linear probe", "full finetune", "LP - FT", f"{1 - f['alpha']:.0%} CI", "Welch", "verdict"]
-    return _stats_table(head, rows) + _table_notes([("", f)])
-
-
-def _roli_tables(f: dict) -> str:
-    from roli.evaluation.findings import NAMES, _ci, _d, _n, _p, _test
-
-    if f["status"] == "not run":
-        return ""
-    rows = []
-    for r in f["methods"]:
-        if r["missing"] or not r["seeds"]:
-            why = f"missing {', '.join(r['missing'])}" if r["missing"] else "no common seed"
-            rows.append([r["method"], "-", "-", "-", "-", "-", f"not run ({why})"])
-        for metric, s in r.get("metrics", {}).items():
-            rows.append([r["method"], NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s),
-                         _test(s) + (" (1 df)" if s["n"] == 2 and s["p"] is not None else ""), s["verdict"]])
-    html = _stats_table(["method", "metric", "pairs", "RoLI - RanLI (mean ± std)", "CI", "paired t", "verdict"], rows)
-    html += _table_notes([(f"{r['method']}: ", r) for r in f["methods"]])
-    pooled = []
-    for metric, s in f["pooled"].items():
-        if "verdict" not in s:
-            pooled.append([NAMES[metric], "-", "-", "-", "-", "-", "-", s["note"]])
-            continue
-        paper = "-" if s["paper"] is None else _d(s["paper"]) + (
-            "" if s["paper_in_ci"] is None else " (in CI)" if s["paper_in_ci"] else " (outside CI)")
-        pooled.append([NAMES[metric], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['se'])}", _ci(s), _test(s),
-                       _p(s["sign_flip_p"]), paper, s["verdict"]])
-    return html + "<p>Pooled over (method, seed) pairs:</p>" + _stats_table(
-        ["metric", "pairs", "mean ± SE", "CI", "paired t", "sign-flip", "paper", "verdict"], pooled)
-
-
-def _quirk(e: dict) -> str:
-    from roli.evaluation.findings import NAMES, _ci, _d, _n, _p, _test
-
-    html = f"<h4>{escape(e['name'])}</h4>"
-    if e["status"] != "not run":
-        rows = [[NAMES[m], str(s["n"]), f"{_d(s['mean'])} ± {_n(s['std'])}", _ci(s), _test(s), _p(s["sign_flip_p"]),
-                 s["verdict"]] for m, s in e["metrics"].items()]
-        html += _stats_table(["metric", "pairs", "variant - default (mean ± std)", "CI", "paired t", "sign-flip",
-                              "verdict"], rows) + _table_notes([("", e)])
-    return html + f"<p>{escape(e['sentence'])}</p>"
+def _stats_tables(tables: list[dict]) -> str:
+    """A section's findings tables: each its caption, the table (numbers right-aligned) and its note lines."""
+    html = []
+    for t in tables:
+        html.append(f"<p>{escape(t['caption'])}</p>" if t["caption"] else "")
+        html.append(_plain_table(t["header"], t["rows"], number=STAT.match, cls="stats"))
+        if t["notes"]:
+            html.append(f'<ul class="note">{"".join(f"<li>{escape(x)}</li>" for x in t["notes"])}</ul>')
+    return "".join(html)
 
 
 def _findings(found: dict) -> str:
     """The findings section: the spec's intro, alpha, per finding its statement, table(s), rule, verdict sentence and
     discussion, then the quirk comparisons (what findings.markdown() writes, as HTML)."""
+    from roli.evaluation.findings import sections, significance  # numpy + scipy: only when there are findings
+
     spec = found["spec"]
-    discussion = spec.get("discussion") or {}
-    tables = {"backbone": _backbone_tables, "linear_vs_full": _linear_tables, "roli": _roli_tables}
-    alpha = spec["alpha"]
     parts = ['<section id="findings"><h2>Findings</h2>', _text(spec.get("intro") or ""),
-             f'<p class="note">Significance level alpha = {alpha:g} (confidence intervals at {1 - alpha:.0%}).</p>']
-    for heading, key in FINDINGS:
-        f = found[key]
-        verdict = STATUS.get(f["status"], "none")
-        parts += [f'<section id="finding-{key}"><h3>{escape(heading)}</h3>',
-                  f'<p class="statement"><em>{escape(f["finding"])}</em></p>', tables[key](f),
-                  f'<p class="note">Rule: {escape(f["rule"])}</p>',
-                  f'<p class="verdict {verdict}"><strong>{escape(f["sentence"])}</strong></p>',
-                  _text(discussion[key], 4) if key in discussion else "", "</section>"]
-    if found["quirks"]:
-        parts += [f'<section id="quirks"><h3>{escape(QUIRKS_HEADING)}</h3>', *map(_quirk, found["quirks"]),
-                  _text(discussion["quirks"], 4) if "quirks" in discussion else "", "</section>"]
+             f'<p class="note">{escape(significance(spec))}</p>']
+    for s in sections(found):
+        key = s["key"]
+        parts += [f'<section id="{key if key == "quirks" else f"finding-{key}"}"><h3>{escape(s["heading"])}</h3>']
+        if s["statement"]:
+            parts.append(f'<p class="statement"><em>{escape(s["statement"])}</em></p>')
+        parts.append(_stats_tables(s["tables"]))
+        if s["rule"]:
+            parts.append(f'<p class="note">Rule: {escape(s["rule"])}</p>')
+        if s["sentence"]:
+            parts.append(f'<p class="verdict {STATUS.get(s["status"], "none")}"><strong>{escape(s["sentence"])}'
+                         "</strong></p>")
+        parts += [f"<h4>{escape(q['heading'])}</h4>{_stats_tables(q['tables'])}<p>{escape(q['sentence'])}</p>"
+                  for q in s["parts"]]
+        parts += [_text(s["discussion"], 4) if s["discussion"] else "", "</section>"]
     return "".join(parts) + "</section>"
 
 
