@@ -9,7 +9,12 @@ ROLI=${ROLI:-.venv/bin/roli}
 S=recipes/study
 stems=${*:-$(cd $S && ls robust_*_r*li.yaml standard_*_ranli.yaml | sed 's/\.yaml$//')}
 for s in $stems; do
-  case $s in *full_finetune*) lr=1e-4,3e-4,1e-3 ;; *linear_probe*) lr=0.003,0.01,0.03 ;; *) lr=0.001,0.003,0.01 ;; esac
-  [ -f "$S/tuned/$s.tuned.yaml" ] && continue
+  case $s in  # the first grids (one rate less each) chose an edge rate: widened on that side, the same for all inits
+    *full_finetune*) lr=1e-4,3e-4,1e-3,3e-3 ;;
+    *linear_probe*) lr=0.003,0.01,0.03,0.1 ;;
+    *vpt_deep*) lr=3e-4,0.001,0.003,0.01,0.03 ;;   # RoLI chose the smallest rate, RanLI the largest
+    *) lr=0.001,0.003,0.01,0.03 ;;
+  esac
+  [ -f "$S/tuned/$s.tuned.yaml" ] && [ -z "$RETUNE" ] && continue   # RETUNE=1: redo the records (trials reused)
   "$ROLI" tune "$S/$s.yaml" --lr "$lr" --epochs 2 --out runs/study/tune --record $S/tuned
 done

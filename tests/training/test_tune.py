@@ -36,6 +36,8 @@ def test_successive_halving_picks_the_best_validation_robust_lr_and_writes_a_rec
     tuned = load_config(result["tuned_recipe"])
     assert tuned.train.lr == result["chosen"]["lr"] and tuned.train.epochs == load_config(recipe).train.epochs
     assert "Chosen: lr" in (out / "r.tune.md").read_text() and "chosen lr" in capsys.readouterr().out
+    edge = {1e-5: "smallest", 3e-2: "largest"}.get(result["chosen"]["lr"])
+    assert result["edge"] == edge and ("the best may lie beyond" in (out / "r.tune.md").read_text()) == bool(edge)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(
         f"r-lr{lr:g}-e{e}" for lr, e in [(1e-5, 1), (1e-3, 1), (3e-2, 1), *[(s["lr"], 2) for s in second]])
 
@@ -59,6 +61,11 @@ def test_the_record_folder_gets_a_tuned_recipe_with_a_relative_base(recipe, tmp_
     assert "base: ../../r.yaml" in text and (record / "r.tune.md").is_file() and (record / "r.tune.json").is_file()
     assert load_config(record / "r.tuned.yaml").train.lr == result["chosen"]["lr"]
     assert not (tmp_path / "trials" / "r.tuned.yaml").exists()
+
+
+def test_grid_edge():
+    assert [tune_mod.grid_edge(v, [1e-3, 1e-2, 3e-3]) for v in (1e-2, 1e-3, 3e-3)] == ["largest", "smallest", None]
+    assert tune_mod.grid_edge(1e-3, [1e-3]) is None
 
 
 @pytest.mark.parametrize("text", ["", "a,b", "1e-3,1e-3", "0,1e-3", "-1"])

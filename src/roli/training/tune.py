@@ -79,6 +79,10 @@ def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1,
         alive = [s["lr"] for s in scores[:math.ceil(len(scores) / 2)]]
         budget *= 2
     chosen = rounds[-1][0]
+    edge = grid_edge(chosen["lr"], lrs)
+    if edge:
+        log.warning("roli tune %s: lr %g is the %s rate tried; the best may lie beyond it: widen --lr",
+                    recipe.name, chosen["lr"], edge)
     record = Path(record or out)
     record.mkdir(parents=True, exist_ok=True)
     tuned = record / f"{recipe.stem}.tuned.yaml"
@@ -89,10 +93,17 @@ def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1,
                      f"{extra}base: {base}\ntrain: {{lr: {chosen['lr']:g}}}\n")
     result = {"recipe": str(recipe), "overrides": list(overrides), "lrs": lrs, "first_epochs": epochs,
               "selection": "best validation robust accuracy (then clean, then smaller lr)", "rounds": rounds,
-              "chosen": chosen, "tuned_recipe": str(tuned)}
+              "chosen": chosen, "edge": edge, "tuned_recipe": str(tuned)}
     atomic_write_json(record / f"{recipe.stem}.tune.json", result)
     (record / f"{recipe.stem}.tune.md").write_text(markdown(result))
     return result
+
+
+def grid_edge(lr: float, lrs: list[float]) -> str | None:
+    """"largest" / "smallest" when the chosen rate sits at the grid's edge (the optimum may lie outside), else None."""
+    if len(lrs) < 2:
+        return None
+    return "largest" if lr == max(lrs) else "smallest" if lr == min(lrs) else None
 
 
 def markdown(result: dict) -> str:
@@ -104,5 +115,8 @@ def markdown(result: dict) -> str:
         lines += [f"| {k} | {s['lr']:g} | {s['epochs']} | {s['val_robust']:.2f} | {s['val_clean']:.2f} | "
                   f"{s['selected_epoch']} |" for s in scores]
     lines += ["", f"Chosen: lr {result['chosen']['lr']:g} -> `{result['tuned_recipe']}`", ""]
+    if result.get("edge"):
+        lines += [f"Note: the chosen rate is the {result['edge']} one tried, so the best may lie beyond the grid; "
+                  "widen `--lr` on that side to be sure. Short trials also favour large rates.", ""]
     return "\n".join(lines)
 
