@@ -363,7 +363,8 @@ def cost_table(gs: list[dict], rows: list[dict]) -> tuple[list[str], list[list[s
         epochs = _unique(r["epochs"] for r in runs)
         per_epoch = [r["seconds"] / r["epochs"] for r in runs if r["epochs"]]
         total, aa_total = total + sum(secs), aa_total + sum(aa)
-        body.append([g["label"], str(len(runs)), "/".join(str(e) for e in epochs if e is not None) or "–", f"{sum(secs) / len(secs):.0f}",
+        shown = "/".join(str(e) for e in epochs if e is not None) or "–"
+        body.append([g["label"], str(len(runs)), shown, f"{sum(secs) / len(secs):.0f}",
                      f"{sum(per_epoch) / len(per_epoch):.1f}" if per_epoch else "–",
                      f"{sum(aa) / len(aa):.0f} (n={len(aa)})" if aa else "–", f"{sum(secs) / 60:.1f}"])
     body.append(["all", str(len(rows)), "", "", "", f"{aa_total / 60:.1f} min in all" if aa_total else "–",

@@ -91,7 +91,7 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"{path}: needs `recipe:` (a template like '{{method}}_{{dataset}}.yaml') and `axes:`")
     axes = {k: [str(v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in data["axes"].items()}
     seeds = data.get("seeds")
-    if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds)):
+    if seeds is not None and not _int_list(seeds):
         raise ConfigError(f"{path}: seeds must be a list of integers, got {seeds!r}")
     used = set(re.findall(r"{(\w+)", data["recipe"]))
     unused = [k for k in axes if k not in used]
@@ -111,6 +111,11 @@ def load_grid(path: str | Path) -> Grid:
                 data.get("out") or "runs/sweep", cost, load_evaluate(data.get("evaluate") or [], path))
 
 
+def _int_list(value: Any) -> bool:
+    """A list of integers (a grid's `seeds:`, an `evaluate:` item's `seeds:`)."""
+    return isinstance(value, list) and all(isinstance(v, int) for v in value)
+
+
 def load_evaluate(raw: Any, grid_path: Path) -> list[dict[str, Any]]:
     """The grid's `evaluate:` list, each item the arguments of a `roli eval` of every cell's best.pt."""
     from roli.evaluation.suite import SUITES
@@ -127,7 +132,7 @@ def load_evaluate(raw: Any, grid_path: Path) -> list[dict[str, Any]]:
         if not isinstance(item.get("aa") or {}, dict):
             raise ConfigError(f"{grid_path}: evaluate: aa must map AutoAttack fields to values")
         seeds = item.get("seeds")
-        if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(v, int) for v in seeds)):
+        if seeds is not None and not _int_list(seeds):
             raise ConfigError(f"{grid_path}: evaluate: seeds must be a list of integers (the cells to evaluate)")
     return items
 
