@@ -1,6 +1,6 @@
 #!/bin/sh
 # The study's learning rates (recipes/study/tuned/): `roli tune` per method x init x backbone, successive halving
-# over three rates (2 epochs, then 4 for the better half), selected on validation PGD accuracy only. The same grid
+# over four or five log-spaced rates (2 epochs, then 4 for the better half), selected on validation PGD accuracy only. The same grid
 # and budget for RanLI and RoLI; RoLI trials share one stage 1 (the `--out` folder). Resumable: re-run it after a
 # kill; a recipe with a tuned file is skipped. ~5 min a recipe on one core. Usage: recipes/study/tune.sh [STEM...]
 set -e

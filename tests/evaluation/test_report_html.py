@@ -542,3 +542,39 @@ def test_spec_text_markup():
                     "<ul><li>x <code>c*d*</code> y</li><li>z</li></ul><ol><li>one</li><li>&lt;two&gt;</li></ol>")
     assert _text("### Deep", level=4) == "<h4>Deep</h4>" and _text("2 * 3 * 4") == "<p>2 * 3 * 4</p>"
     assert _text("") == ""
+
+
+def _lr_runs(root: Path, lrs: dict[str, list[float]]) -> list[Path]:
+    """full_finetune runs (2 seeds each) at the given learning rates per init."""
+    dirs = []
+    for init, rates in lrs.items():
+        for lr in rates:
+            for seed in (0, 1):
+                d = root / f"ft-{init}-lr{lr}-s{seed}"
+                res = _results(d, method="full_finetune", init=init, seed=seed, clean=70.0 + seed, pgd=40.0)
+                res["config"]["train"]["lr"] = lr
+                (d / "results.json").write_text(json.dumps(res))
+                dirs.append(d)
+    return dirs
+
+
+def test_a_rate_tuned_per_init_is_a_note_not_a_variant(tmp_path):
+    """RanLI and RoLI at their own tuned rates share one paper-table row (the rates in a note under the table);
+    two rates within one init are two rows, named by their rate."""
+    dirs = _lr_runs(tmp_path / "a", {"ranli": [0.003], "roli": [0.001]})
+    gs = groups(collect(dirs))
+    assert [(g["variant"], g["per_init"]) for g in gs] == [("", "train.lr=0.003"), ("", "train.lr=0.001")]
+    text = write_report(tmp_path / "ra", dirs).read_text()
+    assert [r[0] for r in _md_tables(text)["vit_a"][1:]] == ["full_finetune"]
+    assert ("full_finetune on synthetic: train.lr=0.003 (RanLI) / train.lr=0.001 (RoLI)." in text)
+    html = (tmp_path / "ra" / "report.html").read_text()
+    assert "full_finetune on synthetic: train.lr=0.003 (RanLI) / train.lr=0.001 (RoLI)." in html
+
+    dirs = _lr_runs(tmp_path / "b", {"ranli": [0.003, 0.01], "roli": [0.001]})
+    gs = groups(collect(dirs))
+    assert [g["variant"] for g in gs] == ["train.lr=0.003", "train.lr=0.01", "train.lr=0.001"]
+    assert all(g["per_init"] == "" for g in gs)
+    text = write_report(tmp_path / "rb", dirs).read_text()
+    assert [r[0] for r in _md_tables(text)["vit_a"][1:]] == [
+        "full_finetune (train.lr=0.003)", "full_finetune (train.lr=0.01)", "full_finetune (train.lr=0.001)"]
+    assert "Set per init" not in text

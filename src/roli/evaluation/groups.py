@@ -62,7 +62,7 @@ def groups(rows: list[dict]) -> list[dict]:
         out.append({
             "label": label if labels[label] == 1 else f"{label}#{labels[label]}",
             "backbone": first["backbone"], "data": first["dataset"], "method": first["method"], "init": first["init"],
-            "variant": "", "norm": first["norm"], "eps": first["eps"], "n": len(runs),
+            "variant": "", "per_init": "", "norm": first["norm"], "eps": first["eps"], "n": len(runs),
             "seeds": [r["seed"] for r in runs], "runs": [r["run"] for r in runs],
             "stats": {m: summary([r[m] for r in runs]) for m in METRICS},
             "per_seed": [{"seed": r["seed"], "clean": r["test_clean"], "pgd": r["test_pgd"], "aa": r["test_aa"],
@@ -80,15 +80,22 @@ def _shown(v: object) -> str:
 def _name_variants(gs: list[dict]) -> None:
     """Within one (backbone, data, method), a group whose config differs from the others gets a `variant`: the
     differing keys (without "transfer.") and its values, for each key where its value is not the one most groups
-    share (on a tie, every group names its value)."""
+    share (on a tie, every group names its value). A key that differs only between inits (a learning rate tuned
+    per method x init, as the paper did) is no variant: it goes to the group's `per_init` ("train.lr=0.001")."""
     cells: dict[tuple, list[dict]] = defaultdict(list)
     for g in gs:
         cells[g["backbone"], g["data"], g["method"]].append(g)
     for members in cells.values():
         flats = [{k: json.dumps(v, sort_keys=True) for k, v in flatten(g["config"]).items()
                   if not k.startswith(NOT_VARIANT)} for g in members]
-        keys = sorted({k for f in flats for k in f if len({x.get(k) for x in flats}) > 1})
+        differ = sorted({k for f in flats for k in f if len({x.get(k) for x in flats}) > 1})
+        by_init: dict[str, list[dict]] = defaultdict(list)
         for g, f in zip(members, flats):
+            by_init[g["init"]].append(f)
+        keys = [k for k in differ if any(len({x.get(k) for x in fs}) > 1 for fs in by_init.values())]
+        for g, f in zip(members, flats):
+            g["per_init"] = ", ".join(f"{k}={_shown(json.loads(f[k]) if k in f else None)}"
+                                      for k in differ if k not in keys)
             parts = []
             for k in keys:
                 counts = Counter(x.get(k) for x in flats)

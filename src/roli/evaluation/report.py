@@ -264,7 +264,7 @@ def _stat(g: dict | None, metric: str) -> str:
 def paper_tables(gs: list[dict]) -> list[dict]:
     """One table per backbone in the paper's shape: a row per method (its variants after it), columns dataset × init ×
     {clean, PGD, AA} plus n (seeds); a column no group fills is left out. Each: backbone, columns [(dataset,
-    init, metric)], rows [{method, variant, cells}]."""
+    init, metric)], rows [{method, variant, cells}], notes (the settings that differ between a row's inits)."""
     tables = []
     for backbone in _unique(g["backbone"] for g in gs):
         mine = [g for g in gs if g["backbone"] == backbone]
@@ -281,8 +281,17 @@ def paper_tables(gs: list[dict]) -> list[dict]:
         keys = sorted(_unique((g["method"], g["variant"]) for g in mine), key=lambda k: (methods.index(k[0]), k[1] != ""))
         rows = [{"method": m, "variant": v, "cells": [_stat(cell.get((m, v, d, i)), k) for d, i, k in cols]}
                 for m, v in keys]
-        tables.append({"backbone": backbone, "columns": cols, "rows": rows})
+        notes = [f"{row_name(r)} on {d}: " + " / ".join(
+                     f"{g['per_init']} ({INITS.get(i, i)})" for i in inits
+                     if (g := cell.get((r["method"], r["variant"], d, i))) and g["per_init"])
+                 for r in rows for d in _unique(g["data"] for g in mine)
+                 if any(g["per_init"] for g in mine if (g["method"], g["variant"], g["data"]) == (r["method"],
+                                                                                                    r["variant"], d))]
+        tables.append({"backbone": backbone, "columns": cols, "rows": rows, "notes": notes})
     return tables
+
+
+PER_INIT_NOTE = "Set per init, not a variant (e.g. a learning rate tuned for each method x init, as in the paper)"
 
 
 def column_name(metric: str) -> str:
@@ -413,6 +422,7 @@ def markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[str, str
     for t in paper_tables(gs):
         head = ["method"] + [f"{d} {INITS.get(i, i)} {column_name(m)}" for d, i, m in t["columns"]]
         text += [f"### {t['backbone']}", "", *_md_table(head, [[row_name(r), *r["cells"]] for r in t["rows"]]), ""]
+        text += [f"{PER_INIT_NOTE}: " + "; ".join(t["notes"]) + ".", ""] if t["notes"] else []
     text += [note for n in aa_notes(rows) for note in (n, "")]
     text += ["## Figures", "", *(f"![{caption}]({links}{png})" for png, caption in figures.values()), ""]
     head, body, notes = cost_table(gs, rows)

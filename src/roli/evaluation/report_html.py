@@ -13,6 +13,7 @@ from pathlib import Path
 
 from roli.evaluation.report import (
     INITS,
+    PER_INIT_NOTE,
     RESULTS_NOTE,
     aa_notes,
     column_name,
@@ -151,8 +152,10 @@ def _paper_table(t: dict) -> str:
         cells = "".join(f'<td class="{"n" if cols[i][2] == "n" else "num"}{" start" if i in starts else ""}">'
                         f"{escape(v)}</td>" for i, v in enumerate(r["cells"]))
         body.append(f"<tr><th scope=\"row\">{escape(row_name(r))}</th>{cells}</tr>")
+    notes = (f'<p class="note">{escape(PER_INIT_NOTE)}: ' + "; ".join(map(escape, t["notes"])) + ".</p>"
+             if t["notes"] else "")
     return (f"<h3>{escape(t['backbone'])}</h3><div class=\"scroll\"><table class=\"paper\"><thead>{''.join(head)}"
-            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>{notes}")
 
 
 def _plain_table(head: list[str], body: list[list[str]], number=NUMBER.fullmatch, cls: str = "",
