@@ -578,3 +578,11 @@ def test_a_rate_tuned_per_init_is_a_note_not_a_variant(tmp_path):
     assert [r[0] for r in _md_tables(text)["vit_a"][1:]] == [
         "full_finetune (train.lr=0.003)", "full_finetune (train.lr=0.01)", "full_finetune (train.lr=0.001)"]
     assert "Set per init" not in text
+
+
+def test_paper_table_rows_in_the_papers_method_order(tmp_path):
+    dirs = [tmp_path / f"{m}-ranli-s0" for m in ("vpt_deep", "my_method", "lora", "linear_probe")]
+    for d, m in zip(dirs, ("vpt_deep", "my_method", "lora", "linear_probe")):
+        _results(d, method=m, init="ranli", seed=0, clean=70.0, pgd=40.0)
+    rows = _md_tables(write_report(tmp_path / "r", dirs).read_text())["vit_a"][1:]
+    assert [r[0] for r in rows] == ["linear_probe", "lora", "vpt_deep", "my_method"]

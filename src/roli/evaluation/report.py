@@ -29,6 +29,7 @@ CAPTIONS = {"scatter": "test clean vs {robust} accuracy per group: hollow RanLI 
 DERIVED = ["report.md", "report.csv", "report_groups.csv", "report.json", "report.html", "findings.json",
            *PLOTS.values()]
 INITS = {"ranli": "RanLI", "roli": "RoLI"}
+PAPER_METHODS = ("linear_probe", "full_finetune", "lora", "adapter", "bitfit", "vpt_deep")  # the paper's row order
 TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
 RESULTS_NOTE = ("Test accuracy in %, mean ± sample std over seeds (std from 2 seeds on); n = seeds; AA over the seeds "
                 "that have an AutoAttack evaluation on the run's threat model and test split (n= when fewer).")
@@ -262,7 +263,8 @@ def _stat(g: dict | None, metric: str) -> str:
 
 
 def paper_tables(gs: list[dict]) -> list[dict]:
-    """One table per backbone in the paper's shape: a row per method (its variants after it), columns dataset × init ×
+    """One table per backbone in the paper's shape: a row per method in the paper's order (then others as they come;
+    its variants after it), columns dataset × init ×
     {clean, PGD, AA} plus n (seeds); a column no group fills is left out. Each: backbone, columns [(dataset,
     init, metric)], rows [{method, variant, cells}], notes (the settings that differ between a row's inits)."""
     tables = []
@@ -277,7 +279,8 @@ def paper_tables(gs: list[dict]) -> list[dict]:
                 cols += [(data, init, m) for m, _ in TABLE_METRICS if any(g["stats"][m]["n"] for g in here)]
                 cols += [(data, init, "n")] if here else []
         cell = {(g["method"], g["variant"], g["data"], g["init"]): g for g in mine}
-        methods = _unique(g["method"] for g in mine)
+        seen = _unique(g["method"] for g in mine)
+        methods = [m for m in PAPER_METHODS if m in seen] + [m for m in seen if m not in PAPER_METHODS]
         keys = sorted(_unique((g["method"], g["variant"]) for g in mine), key=lambda k: (methods.index(k[0]), k[1] != ""))
         rows = [{"method": m, "variant": v, "cells": [_stat(cell.get((m, v, d, i)), k) for d, i, k in cols]}
                 for m, v in keys]
