@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,25 @@ TEMP_SUFFIX = ".tmp"
 def temp_files(path: Path) -> list[Path]:
     """Temp files that `write_atomic(path)` makes (left behind only by a kill)."""
     return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
+
+
+def _orphaned(tmp: Path, path: Path) -> bool:
+    """A temp file of `path` whose writer is gone: its process (the pid in its name) no longer runs here, or, when the
+    name carries no pid, it is over an hour old. Another live writer's temp file (two sweep shards writing one
+    report at once) is left alone."""
+    pid = tmp.name[len(path.name) + 2:].split("-", 1)[0]
+    if pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it runs, under another user
+            return False
+        return False
+    try:
+        return time.time() - tmp.stat().st_mtime > 3600
+    except OSError:
+        return False
 
 
 def replace_into(tmp: Path, path: Path) -> None:
@@ -59,8 +79,9 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in temp_files(path):  # left by a killed writer of this very file
-            stale.unlink(missing_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+            if _orphaned(stale, path):
+                stale.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=TEMP_SUFFIX)
         os.close(fd)
     except OSError as e:
         raise _explain(e, path) from e

@@ -117,11 +117,40 @@ def test_write_atomic_failure_leaves_the_old_file_and_no_temp(tmp_path):
 
 
 def test_write_atomic_removes_temp_files_a_killed_writer_left(tmp_path):
+    """A killed writer's temp file goes (its pid no longer runs, or it has no pid and is over an hour old); a live
+    writer's stays (two sweep shards write one report.md at once)."""
     path = tmp_path / "f.txt"
-    (tmp_path / ".f.txt.abc123.tmp").write_text("half")
+    gone = multiprocessing.get_context("spawn").Process(target=int)
+    gone.start()
+    gone.join()
+    (tmp_path / f".f.txt.{gone.pid}-abc123.tmp").write_text("half")  # a dead writer
+    old = tmp_path / ".f.txt.abc123.tmp"  # a temp name from before pids were in them
+    old.write_text("half")
+    os.utime(old, (0, 0))
+    live = f".f.txt.{os.getpid()}-xyz.tmp"
+    (tmp_path / live).write_text("being written")
+    (tmp_path / ".f.txt.fresh.tmp").write_text("being written")
     (tmp_path / ".other.txt.abc123.tmp").write_text("not mine")
     atomic_write_text(path, "new")
-    assert sorted(os.listdir(tmp_path)) == [".other.txt.abc123.tmp", "f.txt"] and path.read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == sorted([".f.txt.fresh.tmp", live, ".other.txt.abc123.tmp", "f.txt"])
+    assert path.read_text() == "new"
+
+
+def _write_many(path: str, text: str) -> None:
+    for _ in range(200):
+        atomic_write_text(path, text)
+
+
+def test_two_processes_write_one_file_at_once(tmp_path):
+    """Two writers of one file (two sweep shards ending together) never delete each other's temp file."""
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_write_many, args=(str(tmp_path / "report.md"), t)) for t in ("a" * 5000, "b" * 5000)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "report.md").read_text() in ("a" * 5000, "b" * 5000) and os.listdir(tmp_path) == ["report.md"]
 
 
 def test_discard_unstarted_removes_only_what_roli_made_before_training(tmp_path):
