@@ -1,24 +1,29 @@
 #!/bin/sh
-# One resumable slice of the study (issue 13): two processes (shards 1/2 and 2/2, one torch thread each) go seed by
-# seed through the three grids (robust, standard, quirks), so every cell has seed 0 before any has seed 1; no new
-# cell starts after MINUTES (default 60). Re-run until nothing is left; complete cells are skipped, interrupted ones
-# resume. Logs: runs/study/sweep-<shard>.log. Usage: recipes/study/run.sh [MINUTES]
+# One resumable slice of the study (issue 13): two processes (shards 1/2 and 2/2, one torch thread each) go through
+# the three grids (robust, standard, quirks) seed by seed, except that the robust cells get all three seeds (the
+# study's minimum) before the standard and quirk cells get their second and third; no new cell starts after
+# MINUTES (default 60). Re-run until nothing is left: complete cells are skipped, interrupted ones resume, and a
+# failing sweep does not stop the slice (its error is in the log). Logs: runs/study/sweep-<shard>.log.
+# Usage: recipes/study/run.sh [MINUTES]   (SHARDS="1" runs one shard only)
 cd "$(dirname "$0")/../.."
 ROLI=${ROLI:-.venv/bin/roli}
 end=$(( $(date +%s) + 60 * ${1:-60} ))
+ORDER="grid:0 grid_standard:0 grid_quirks:0 grid:1 grid:2 grid_standard:1 grid_quirks:1 grid_standard:2 grid_quirks:2"
 mkdir -p runs/study
 slice() {
-  for seed in 0 1 2; do
-    for g in grid grid_standard grid_quirks; do
-      left=$(( (end - $(date +%s)) / 60 ))
-      [ "$left" -gt 0 ] || return 0
-      "$ROLI" sweep "recipes/study/$g.yaml" --seeds "$seed" --shard "$1/2" --stop-after "$left" || return 1
-    done
+  rc=0
+  for step in $ORDER; do
+    left=$(( (end - $(date +%s)) / 60 ))
+    [ "$left" -gt 0 ] || break
+    "$ROLI" sweep "recipes/study/${step%:*}.yaml" --seeds "${step#*:}" --shard "$1/2" --stop-after "$left" || rc=1
   done
+  return $rc
 }
-slice 1 > runs/study/sweep-1.log 2>&1 & p1=$!
-slice 2 > runs/study/sweep-2.log 2>&1 & p2=$!
-wait $p1; r1=$?
-wait $p2; r2=$?
-grep -h "^sweep shard" runs/study/sweep-1.log runs/study/sweep-2.log
-[ $r1 = 0 ] && [ $r2 = 0 ]
+rc=0 pids=""
+for s in ${SHARDS:-1 2}; do
+  slice "$s" >> "runs/study/sweep-$s.log" 2>&1 &
+  pids="$pids $!"
+done
+for p in $pids; do wait "$p" || rc=1; done
+for s in ${SHARDS:-1 2}; do grep -h "^sweep shard" "runs/study/sweep-$s.log" | tail -n 3; done
+exit $rc
