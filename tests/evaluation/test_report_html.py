@@ -578,6 +578,14 @@ def test_a_rate_tuned_per_init_is_a_note_not_a_variant(tmp_path):
     assert [r[0] for r in _md_tables(text)["vit_a"][1:]] == [
         "full_finetune (train.lr=0.003)", "full_finetune (train.lr=0.01)", "full_finetune (train.lr=0.001)"]
     assert "Set per init" not in text
+    dirs = _lr_runs(tmp_path / "c", {"ranli": [0.003], "roli": [0.001]}) + _lr_runs(tmp_path / "c2", {"ranli": [0.003]})
+    for d in dirs[-2:]:  # a head-init variant run with RanLI only: the note names its method's two inits, not it
+        res = json.loads((d / "results.json").read_text())
+        res["config"]["transfer"]["head_init"] = "paper"
+        (d / "results.json").write_text(json.dumps(res))
+    text = write_report(tmp_path / "rc", dirs).read_text()
+    assert "full_finetune on synthetic: train.lr=0.003 (RanLI) / train.lr=0.001 (RoLI)." in text
+    assert "(head_init=paper) on synthetic" not in text
 
 
 def test_paper_table_rows_in_the_papers_method_order(tmp_path):

@@ -288,8 +288,8 @@ def paper_tables(gs: list[dict]) -> list[dict]:
                      f"{g['per_init']} ({INITS.get(i, i)})" for i in inits
                      if (g := cell.get((r["method"], r["variant"], d, i))) and g["per_init"])
                  for r in rows for d in _unique(g["data"] for g in mine)
-                 if any(g["per_init"] for g in mine if (g["method"], g["variant"], g["data"]) == (r["method"],
-                                                                                                    r["variant"], d))]
+                 if sum(bool(g["per_init"]) for g in mine
+                        if (g["method"], g["variant"], g["data"]) == (r["method"], r["variant"], d)) >= 2]
         tables.append({"backbone": backbone, "columns": cols, "rows": rows, "notes": notes})
     return tables
 
