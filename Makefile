@@ -43,9 +43,10 @@ demo-full: $(STAMP)
 	$(VENV)/bin/roli run $(DEMO_FULL_RECIPES) --out $(DEMO_OUT)
 	@echo "demo report: $(DEMO_OUT)/report.md (runs, results.json and checkpoints in $(DEMO_OUT)/)"
 
-# The study (issue 13, docs/results.md): 4.44 CPU-hours for its first 44 cells (2.5 h on 2 cores), in resumable slices. `make study-tune` chooses the
-# learning rates (done: recipes/study/tuned/); `make study` runs one slice (no new cell after STUDY_MINUTES) in two
-# processes (one torch thread each: run.threads in recipes/study/base.yaml), then `make study-report`. Re-run
+# The study (issue 13, docs/results.md): 4.44 CPU-hours for its first 44 cells (2.5 h on 2 cores), in resumable
+# slices. `make study-tune` chooses the learning rates (done: recipes/study/tuned/); `make study` runs one slice
+# (no new cell after STUDY_MINUTES) in two processes (one torch thread each: run.threads in recipes/study/base.yaml),
+# then `make study-report`. Re-run
 # `make study` until the sweeps run nothing new; finished cells are skipped, interrupted ones resume.
 STUDY_MINUTES ?= 60
 

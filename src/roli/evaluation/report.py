@@ -33,6 +33,7 @@ PAPER_METHODS = ("linear_probe", "full_finetune", "lora", "adapter", "bitfit", "
 TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
 RESULTS_NOTE = ("Test accuracy in %, mean ± sample std over seeds (std from 2 seeds on); n = seeds; AA over the seeds "
                 "that have an AutoAttack evaluation on the run's threat model and test split (n= when fewer).")
+PER_INIT_NOTE = "Set per init, not a variant (e.g. a learning rate tuned for each method x init, as in the paper)"
 ARCHIVED = ("results.json", "config.yaml", "metrics.csv", "eval-*.json")  # what `archive` keeps of a run
 EPS_TOL = 1e-9  # eps values compared across results.json and eval JSONs
 
@@ -264,9 +265,9 @@ def _stat(g: dict | None, metric: str) -> str:
 
 def paper_tables(gs: list[dict]) -> list[dict]:
     """One table per backbone in the paper's shape: a row per method in the paper's order (then others as they come;
-    its variants after it), columns dataset × init ×
-    {clean, PGD, AA} plus n (seeds); a column no group fills is left out. Each: backbone, columns [(dataset,
-    init, metric)], rows [{method, variant, cells}], notes (the settings that differ between a row's inits)."""
+    its variants after it), columns dataset × init × {clean, PGD, AA} plus n (seeds); a column no group fills is left
+    out. Each: backbone, columns [(dataset, init, metric)], rows [{method, variant, cells}], notes (the settings
+    that differ between a row's inits)."""
     tables = []
     for backbone in _unique(g["backbone"] for g in gs):
         mine = [g for g in gs if g["backbone"] == backbone]
@@ -284,17 +285,15 @@ def paper_tables(gs: list[dict]) -> list[dict]:
         keys = sorted(_unique((g["method"], g["variant"]) for g in mine), key=lambda k: (methods.index(k[0]), k[1] != ""))
         rows = [{"method": m, "variant": v, "cells": [_stat(cell.get((m, v, d, i)), k) for d, i, k in cols]}
                 for m, v in keys]
-        notes = [f"{row_name(r)} on {d}: " + " / ".join(
-                     f"{g['per_init']} ({INITS.get(i, i)})" for i in inits
-                     if (g := cell.get((r["method"], r["variant"], d, i))) and g["per_init"])
-                 for r in rows for d in _unique(g["data"] for g in mine)
-                 if sum(bool(g["per_init"]) for g in mine
-                        if (g["method"], g["variant"], g["data"]) == (r["method"], r["variant"], d)) >= 2]
+        notes = []
+        for r in rows:
+            for d in _unique(g["data"] for g in mine):
+                tuned = [(i, g) for i in inits if (g := cell.get((r["method"], r["variant"], d, i))) and g["per_init"]]
+                if len(tuned) >= 2:  # a setting that differs between this row's inits
+                    notes.append(f"{row_name(r)} on {d}: " + " / ".join(f"{g['per_init']} ({INITS.get(i, i)})"
+                                                                         for i, g in tuned))
         tables.append({"backbone": backbone, "columns": cols, "rows": rows, "notes": notes})
     return tables
-
-
-PER_INIT_NOTE = "Set per init, not a variant (e.g. a learning rate tuned for each method x init, as in the paper)"
 
 
 def column_name(metric: str) -> str:
