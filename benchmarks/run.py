@@ -19,7 +19,7 @@ batches):
          optimizer step), each timed alone on the same batch and summed.
 
 The JSON's `step_costs` (seconds per image of a training step with k attack steps, and its parts) feed the sweep's
-cost model: `cost: {measured: <this file>}` in a grid (see src/roli/training/sweep.py).
+cost model: `cost: {measured: <this file>}` in a grid (see src/roli/sweep/estimate.py).
 """
 
 from __future__ import annotations

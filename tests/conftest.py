@@ -110,3 +110,31 @@ def robust_mlp():
     x_test = torch.cat([x for x, _ in loader])
     y_test = torch.cat([y for _, y in loader])
     return model, loader, x_test, y_test
+
+
+# --- the attack contract (tests/attacks/test_contract.py); tiny backbones per family: tiny_models.tiny_backbone ---
+
+
+@pytest.fixture
+def bn_net():
+    """`tiny_models.SmallNet` (4 classes, 1x12x12 input, BatchNorm and Dropout) with non-trivial BatchNorm running
+    statistics, so train vs eval mode changes its output; seeded."""
+    from tiny_models import SmallNet
+
+    torch.manual_seed(0)
+    net = SmallNet()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+@pytest.fixture
+def small_batch():
+    """12 seeded 1x12x12 images in [0,1] (images 0-2 all 0, all 1 and half of each: the box's edges) and labels
+    of 4 classes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 1, 12, 12, generator=g)
+    x[0], x[1] = 0.0, 1.0
+    x[2, :, :6], x[2, :, 6:] = 0.0, 1.0
+    return x, torch.randint(0, 4, (12,), generator=g)

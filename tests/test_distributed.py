@@ -10,6 +10,8 @@ from roli.config import ConfigError
 from roli.data.base import make_loader
 from roli.distributed import ShardedBatches, World, check_batch, global_batches, local_slice, sharded_loader
 
+pytestmark = pytest.mark.timeout(60)  # in-process index arithmetic: milliseconds
+
 
 def test_one_process_sees_the_global_batches_and_the_order_depends_on_the_seed_only():
     ds = TensorDataset(torch.arange(103))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "roli"
-UPPER = ("roli.attacks", "roli.backbones", "roli.transfer", "roli.data", "roli.training", "roli.evaluation", "roli.cli")
+UPPER = ("roli.attacks", "roli.backbones", "roli.transfer", "roli.data", "roli.training", "roli.sweep", "roli.evaluation",
+         "roli.report", "roli.cli")
 
 
 def _roli_imports(path: Path) -> set[str]:
@@ -25,10 +26,19 @@ def _roli_imports(path: Path) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("module", ["config.py", "registry.py", "version.py", "device.py", "threat.py", "errors.py",
-                                    "files.py"])
+GROUND = ["config.py", "registry.py", "version.py", "device.py", "threat.py", "errors.py", "files.py", "numbers.py"]
+
+
+@pytest.mark.parametrize("module", GROUND)
 def test_ground_floor_imports_only_the_ground_floor(module):
-    assert _roli_imports(SRC / module) <= {"roli.registry", "roli.errors", "roli.files"}, module
+    assert _roli_imports(SRC / module) <= {"roli." + m.removesuffix(".py") for m in GROUND}, module
+
+
+def test_training_imports_nothing_from_the_sweep_above_it():
+    """roli.sweep (many runs) stands on roli.training (one run), never the other way round."""
+    found = {path.name: sorted(m for m in _roli_imports(path) if m == "roli.sweep" or m.startswith("roli.sweep."))
+             for path in sorted((SRC / "training").rglob("*.py"))}
+    assert found and not {k: v for k, v in found.items() if v}, found
 
 
 def _loaded_after(code: str) -> list[str]:

@@ -1,10 +1,13 @@
-"""Small trained models shared by test fixtures."""
+"""Small models shared by test fixtures: a trained MLP, one tiny backbone per family, a small BatchNorm net."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from roli.attacks import make_attack
+from roli.backbones import build_model
+from roli.backbones.normalize import Classifier, PixelNormalize
+from roli.config import BackboneConfig
 
 
 def adversarially_trained_mlp(xs: torch.Tensor, ys: torch.Tensor) -> nn.Module:
@@ -22,3 +25,46 @@ def adversarially_trained_mlp(xs: torch.Tensor, ys: torch.Tensor) -> nn.Module:
             loss.backward()
             opt.step()
     return model.eval()
+
+
+# --- one tiny random-init model per backbone family (the registry contracts: tests/transfer, tests/attacks) -------
+
+# Each takes the contract tests' 28x28 grey images: roli's own input layer resizes and repeats channels as needed.
+FAMILIES = ("vit", "resnet", "convnext", "swin")
+
+
+def tiny_backbone(family: str, num_classes: int = 4, seed: int = 0) -> Classifier:
+    """A seeded, random-init roli Classifier of `family` (FAMILIES), built as `roli.backbones.build_model` builds
+    a timm architecture: ViT = roli's vit_tiny_28 (LayerNorm), ResNet = timm's test_resnet (BatchNorm), ConvNeXt =
+    timm's test_convnext at 32x32 (LayerNorm2d, depthwise convs, Linear MLPs), Swin = a 2-stage Swin-T of width 16
+    at 32x32 (window 4: shifted windows, one patch merging), whose size kwargs build_model cannot pass."""
+    torch.manual_seed(seed)
+    if family == "vit":
+        return build_model(BackboneConfig(name="vit_tiny_28"), num_classes)
+    if family == "resnet":
+        return build_model(BackboneConfig(name="test_resnet"), num_classes)
+    if family == "convnext":  # four stages of stride 4, 2, 2, 2: 28x28 would shrink to nothing
+        return build_model(BackboneConfig(name="test_convnext", input_size=32), num_classes)
+    if family == "swin":
+        import timm
+
+        net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, embed_dim=16,
+                                depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=num_classes)
+        net.roli_classifier = net.pretrained_cfg["classifier"]  # what build_model sets: "head.fc"
+        pc = net.pretrained_cfg
+        return Classifier(net, PixelNormalize(pc["mean"], pc["std"], input_size=32, in_chans=3))
+    raise ValueError(f"unknown backbone family {family!r}; choose one of {FAMILIES}")
+
+
+class SmallNet(nn.Module):
+    """A conv net with BatchNorm and Dropout (train and eval mode give different outputs) for 1x12x12 inputs."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, stride=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(6 * 5 * 5, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(F.relu(self.bn(self.conv(x))).flatten(1)))

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import re
 import types
 import typing
@@ -24,6 +23,7 @@ import yaml
 
 from roli.errors import ConfigError
 from roli.files import atomic_write_text
+from roli.numbers import parse_number
 from roli.registry import ATTACKS, CONVERTERS, TRANSFER
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ DROP_KNOBS = ("drop_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate", 
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
+    """The `backbone` section: which network, which local weights file, and how its inputs are normalised."""
+
     name: str = "vit_tiny_28"  # a roli backbone or any timm architecture name
     checkpoint: str | None = None  # local weights file; None = random init
     pretrained: bool = False  # hub weights are refused: roli never downloads (pass `checkpoint`)
@@ -76,6 +78,8 @@ class BackboneConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
+    """The `data` section: the dataset, where its files are, the seeded splits and limits, and batch sizes."""
+
     name: str = "mnist"
     root: str | None = None  # folder with the dataset's own files; None = the copy shipped with roli, if any
     batch_size: int = 128
@@ -123,12 +127,6 @@ class ThreatConfig:
                                                      "mean {:g}/255?)".format(self.eps))
 
 
-def eps_str(eps: float) -> str:
-    """`8/255` where eps is an exact multiple of 1/255 (as the papers write it), else the number itself."""
-    k = eps * 255
-    return f"{round(k)}/255" if eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:g}"
-
-
 @dataclass(frozen=True, kw_only=True)
 class AttackConfig:
     """Base of every attack's config: the registered `name` picks the attack and its own config class, which holds
@@ -168,6 +166,8 @@ class TransferConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
+    """The `train` section: optimiser, schedule, precision and NaN policy of the transfer stage."""
+
     epochs: int = 5
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = 1e-3
@@ -221,6 +221,8 @@ def _pgd(steps: int, select: str = "best") -> Any:
 
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
+    """The `eval` section: the validation/test attack, which epoch's weights are kept, and its precision."""
+
     attack: AttackConfig = field(default_factory=_pgd(10))  # validation (every epoch) and test attack
     select: Literal["robust", "clean", "last"] = "robust"  # which epoch's weights are kept
     # Reported numbers are attacked in fp32 unless asked otherwise (bf16 is checked to within 0.5 points in tests).
@@ -234,6 +236,8 @@ class EvalConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
+    """The `run` section: seed, device, run-folder name and what a run keeps or logs besides its results."""
+
     seed: int = 0  # seeds torch, numpy and python's random
     name: str | None = None  # run folder name; None = the recipe's file name
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -250,6 +254,19 @@ class RunSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
+    """A whole run, one frozen section per recipe key; the defaults are what a recipe gets when it omits a key.
+
+    Build it with `load_config` (strict: unknown keys, wrong types and impossible values are errors); the training
+    attack must be trainable (PGD, FGSM), and both attacks take their eps from the one `threat` section.
+
+    Example:
+        >>> cfg = roli.load_config("recipes/tiny/mnist_lora_roli.yaml")
+        >>> cfg.transfer.name, cfg.transfer.init, cfg.threat.eps
+        ('lora', 'roli', 0.1)
+        >>> roli.Config().attack.steps  # all defaults: vit_tiny_28 on MNIST, linear probe, PGD-7 training
+        7
+    """
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     data: DataConfig = field(default_factory=DataConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
@@ -273,9 +290,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------- strict loading
-
-_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
-
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -311,15 +325,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str):  # "8/255", and "1e-3" (which YAML 1.1 reads as a string)
-            m = _FRACTION.match(value)
-            try:
-                value = float(m.group(1)) / float(m.group(2)) if m else float(value)
-            except (ValueError, ZeroDivisionError):
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number (or a fraction like 8/255), got {value!r}")
-        return float(value)
+        try:  # "8/255", and "1e-3" (which YAML 1.1 reads as a string)
+            return parse_number(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a finite number (or a fraction like 8/255), got {value!r}") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -356,6 +365,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(*parts: Any) -> str:
+    """A 16-hex-digit SHA-256 of configs (dataclasses) and plain values, e.g. to tell whether two runs match."""
     blob = json.dumps([to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -479,7 +489,17 @@ def _merge_overrides(raw: dict[str, Any], over: dict[str, Any]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), data: Mapping | None = None) -> Config:
-    """Load a recipe (or a dict) strictly, then apply `--set` overrides, type-checked the same way."""
+    """Load a recipe (or a dict) strictly, then apply `--set` overrides, type-checked the same way.
+
+    Args:
+        path: a recipe YAML file; its `base:` files are read first and overridden by it.
+        overrides: `section.key=value` strings, as `--set` takes them (values read as YAML, `8/255` allowed).
+        data: a recipe as a dict, used when `path` is None.
+
+    Example:
+        >>> cfg = roli.load_config("recipes/tiny/mnist_full_roli.yaml", overrides=["train.epochs=3"])
+        >>> cfg = roli.load_config(data={"transfer": {"name": "lora", "rank": 8}, "threat": {"eps": "8/255"}})
+    """
     raw = read_yaml(path) if path is not None else dict(data or {})
     where = str(path) if path is not None else "config"
     _reject_old_style(raw, where)
@@ -500,4 +520,5 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), d
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write `cfg` as a complete recipe (every default spelled out), which `load_config` reads back."""
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a kill never leaves half a config

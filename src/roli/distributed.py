@@ -46,10 +46,12 @@ class World:
 
     @property
     def is_main(self) -> bool:
+        """Rank 0, the one process that writes the run's files (checkpoints, metrics, results)."""
         return self.rank == 0
 
     @property
     def distributed(self) -> bool:
+        """More than one process."""
         return self.size > 1
 
 
@@ -61,6 +63,7 @@ def world() -> World:
 
 
 def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process as one of several (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
@@ -174,6 +177,7 @@ def gather(items: list) -> list:
 
 
 def barrier() -> None:
+    """Wait for every rank (a no-op in one process)."""
     if world().distributed:
         dist.barrier()
 

@@ -105,10 +105,12 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (see `write_atomic`)."""
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON to `path` atomically (see `write_atomic`)."""
     atomic_write_text(path, json.dumps(obj, indent=indent))
 
 

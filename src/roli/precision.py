@@ -82,6 +82,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 
 
 def allow_emulated_bf16() -> bool:
+    """Whether ROLI_ALLOW_EMULATED_BF16 (1, true or yes) asks for bf16 even where it is only emulated."""
     return os.environ.get(ALLOW_EMULATED_BF16, "").strip().lower() in ("1", "true", "yes")
 
 
@@ -96,6 +97,7 @@ class Precision:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The torch dtype of `used`."""
         return DTYPES[self.used]
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -114,11 +116,13 @@ class Precision:
         return torch.amp.GradScaler(self.device_type) if self.used == "fp16" else None
 
     def check_device(self, device: torch.device) -> None:
+        """Raise ValueError if a non-fp32 precision resolved for one device type meets inputs on another."""
         if self.used != "fp32" and device.type != self.device_type:
             raise ValueError(f"precision {self.used} was resolved for {self.device_type} but the input is on "
                              f"{device.type}; resolve it for the model's device")
 
     def to_dict(self) -> dict[str, str]:
+        """requested, used and reason, as results.json records them."""
         return {"requested": self.requested, "used": self.used, "reason": self.reason}
 
 
@@ -164,6 +168,7 @@ class RunPrecision:
     eval: Precision
 
     def to_dict(self) -> dict[str, Any]:
+        """Both precisions as results.json records them."""
         return {"train": self.train.to_dict(), "eval": self.eval.to_dict()}
 
 

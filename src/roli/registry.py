@@ -62,6 +62,12 @@ class Registry(Generic[T]):
                 raise
 
     def register(self, name: str) -> Callable[[T], T]:
+        """A decorator that enters its class or factory under `name`; a name registered twice is a KeyError.
+
+        Example:
+            >>> @TRANSFER.register("my_method")
+            ... class MyMethod(TransferMethod): ...
+        """
         def deco(obj: T) -> T:
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
@@ -71,12 +77,14 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        """The entry registered as `name`; an unknown name raises UnknownName listing the valid ones."""
         self._fill()
         if name not in self._entries:
             raise UnknownName(f"unknown {self.kind} {name!r}; choose one of {self.names()}")  # a KeyError too
         return self._entries[name]
 
     def names(self) -> list[str]:
+        """Every registered name, sorted (the package and plugins are imported first)."""
         self._fill()
         return sorted(self._entries)
 

@@ -290,10 +290,13 @@ def test_eval_prints_a_summary_line(finished_run, tmp_path, capsys):
     assert last.startswith("best.pt on synthetic test (n=8), linf eps 0.1: clean ") and "pgd " in last
 
 
-def test_eps_str():
-    from roli.config import eps_str
-
-    assert (eps_str(8 / 255), eps_str(0.1), eps_str(2 / 255), eps_str(0.0)) == ("8/255", "0.1", "2/255", "0")
+def test_list_shows_budgets_as_fractions_and_other_numbers_as_themselves(capsys):
+    """eps and PGD steps as k/255; LoRA's alpha = 16 as 16 (it once printed 4080/255)."""
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    lora = next(line for line in out.splitlines() if line.strip().startswith("lora"))
+    assert "alpha: float = 16," in lora and "/255" not in lora
+    assert "step_size: float = 2/255" in out and "eps: float = 8/255" in out
 
 
 def test_help_is_fast():

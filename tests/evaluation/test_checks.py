@@ -18,10 +18,9 @@ from roli.evaluation.checks import (
     check_gradients,
     check_input_range,
     check_logits,
-    check_ordering,
-    check_sweep,
     model_checks,
 )
+from roli.evaluation.ordering import check_ordering, check_sweep
 from roli.evaluation.suite import SUITES, eps_sweep, run_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")

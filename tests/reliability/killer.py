@@ -6,7 +6,7 @@ one function, as a power cut or the OOM killer would.
 TARGET is `module:attribute` or `module:Class.attribute`, patched where roli looks it up, e.g.
 `torch.optim.adamw:AdamW.step` (mid-epoch), `roli.training.trainer:evaluate` (validation),
 `roli.files:replace_into` (a file write, after its temp file is complete and before the rename),
-`roli.training.pipeline:evaluate` (test evaluation), `roli.training.sweep:run_cell` (between sweep cells) or
+`roli.training.pipeline:evaluate` (test evaluation), `roli.sweep.run:run_cell` (between sweep cells) or
 `roli.evaluation.autoattack:_attack_chunk` (inside AutoAttack). With --match, only calls whose arguments (as text)
 match REGEX are counted. The process kills itself *before* the N-th counted call runs.
 """

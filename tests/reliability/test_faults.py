@@ -23,7 +23,8 @@ from roli.backbones.normalize import Classifier
 from roli.config import dump_config
 from roli.errors import OutOfMemory, RoliError, TrainingFailed, WriteError
 from roli.files import atomic_write_text, discard_unstarted, read_json, write_atomic
-from roli.training.sweep import cell_status, expand, load_grid
+from roli.sweep.cells import cell_status
+from roli.sweep.grid import expand, load_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -143,7 +143,7 @@ def test_sweep_killed_between_and_inside_cells(grid, tmp_path, capsys):
     assert rc == 0, err
 
     out = tmp_path / "runs"
-    killed("roli.training.sweep:run_cell", 2, ["sweep", grid, "--out", out])  # cell 1 done, cell 2 not started
+    killed("roli.sweep.run:run_cell", 2, ["sweep", grid, "--out", out])  # cell 1 done, cell 2 not started
     assert read_json(out / "linear_probe" / "results.json")["status"] == "complete"
     assert not (out / "full_finetune").exists()
     finished = snapshot(out / "linear_probe")

@@ -25,7 +25,7 @@ from reliability.helpers import REPO, cli
 from roli.backbones import BackboneError, build_model
 from roli.config import BackboneConfig, ConfigError, load_config
 from roli.errors import CheckpointError
-from roli.training.sweep import load_grid
+from roli.sweep.grid import load_grid
 
 SRC = REPO / "src" / "roli"
 

@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+# Subprocess runs under torchrun: ~55 s at most (the first test, with the module's two runs) on a busy 2-core
+# machine; the subprocesses' own limit is 600 s each.
+pytestmark = pytest.mark.timeout(300)
+
 RECIPE = """\
 backbone: {name: vit_tiny_28}
 data: {name: synthetic, batch_size: 64, eval_batch_size: 96}

@@ -14,9 +14,11 @@ from timm.models.vision_transformer import VisionTransformer
 from roli.backbones.checkpoints import load_file
 from roli.config import load_config
 from roli.training import pipeline
-from roli.training.pipeline import new_run_dir, run, stage1_config, stage1_key
+from roli.training.pipeline import run, stage1_config, stage1_key
+from roli.training.rundir import new_run_dir
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# 2-epoch runs on the synthetic data, ~1.5 s at most on a busy 2-core machine
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.timeout(120)]
 
 # Stage-1 training settings, written out in full; an LP RanLI run with `train` equal to these is a stage-1 run.
 S1 = {"epochs": 1, "optimizer": "sgd", "lr": 0.05, "weight_decay": 0.0, "warmup_epochs": 0.0}

@@ -1,5 +1,10 @@
-"""The contract every transfer method keeps: exactly the declared parameters train, frozen ones never move,
-frozen BatchNorm keeps its statistics, and a saved state dict rebuilds the same model."""
+"""The contract every transfer method keeps on every backbone family it adapts: exactly the declared parameters
+train, frozen ones never move, frozen BatchNorm keeps its statistics, and a saved state dict rebuilds the same model;
+on a family it cannot adapt, a clear UnsupportedBackbone before the model is touched.
+
+The methods are the TRANSFER registry's entries and the families `tiny_models.FAMILIES` (ViT, ResNet, ConvNeXt,
+Swin): a newly registered method is crossed with every family automatically, once it states its expectations below.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from roli.backbones import build_model
-from roli.config import BackboneConfig, TrainConfig, TransferConfig
+from roli.config import TrainConfig, TransferConfig
 from roli.training.optim import build_optimizer
 from roli.transfer import TRANSFER, build_transfer
 from roli.transfer.base import UnsupportedBackbone, set_train_mode
+from tiny_models import FAMILIES, tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NUM_CLASSES = 4
-BACKBONES = ["vit_tiny_28", "test_resnet"]  # a ViT (LayerNorm) and a tiny timm ResNet (BatchNorm)
+METHODS = TRANSFER.names()
 
 
 def _head_names(model) -> set[str]:
@@ -34,22 +39,31 @@ def _names(model, keep) -> set[str]:
 EXPECTED_TRAINABLE = {
     "linear_probe": lambda m: _head_names(m),
     "full_finetune": lambda m: {n for n, _ in m.named_parameters()},
-    "bitfit": lambda m: _names(m, lambda n: n.endswith(".bias")),  # every layer bias (ViT, ResNet: all are)
+    # every layer bias; in all four families every parameter named *.bias is one (Swin's
+    # relative_position_bias_table is not, and stays frozen by default)
+    "bitfit": lambda m: _names(m, lambda n: n.endswith(".bias")),
     "adapter": lambda m: _names(m, lambda n: ".adapter.down." in n or ".adapter.up." in n),
     "lora": lambda m: _names(m, lambda n: ".lora_A." in n or ".lora_B." in n),
     "vpt_deep": lambda m: _names(m, lambda n: n.endswith(".prompt")),
     "vpt_shallow": lambda m: _names(m, lambda n: n.endswith(".prompt")),
 }
-# Backbones a method cannot adapt (UnsupportedBackbone); the ResNet has no transformer blocks.
-UNSUPPORTED = {"adapter": {"test_resnet"}, "lora": {"test_resnet"}, "vpt_deep": {"test_resnet"},
-               "vpt_shallow": {"test_resnet"}}
-# Every (method, backbone) pair the method supports; the unsupported ones are test_unsupported_backbone_is_refused.
-CASES = [(n, b) for n in TRANSFER.names() for b in BACKBONES if b not in UNSUPPORTED.get(n, ())]
+# The families each method refuses by design (UnsupportedBackbone), from the methods' docstrings: LoRA needs fused-qkv
+# attention, VPT a ViT or Swin, the adapter blocks whose `.mlp` has a Linear fc1 (ConvNeXt blocks have one,
+# ResNet blocks do not). A method missing here must adapt every family. test_refusals_are_the_methods_own_check
+# holds this table to each method's `check`.
+REFUSES = {"adapter": {"resnet"}, "lora": {"resnet", "convnext"}, "vpt_deep": {"resnet", "convnext"},
+           "vpt_shallow": {"resnet", "convnext"}}
+REFUSED = [(n, b) for n in METHODS for b in FAMILIES if b in REFUSES.get(n, ())]
+# Every (method, family) pair; the refused ones are skipped here and checked by test_unsupported_backbone_is_refused.
+CASES = [pytest.param(n, b, marks=pytest.mark.skip(reason=f"{n} refuses {b} by design (UnsupportedBackbone: "
+                                                          "test_unsupported_backbone_is_refused)"))
+         if (n, b) in REFUSED else (n, b) for n in METHODS for b in FAMILIES]
+# The head each family's timm architecture names in its pretrained_cfg (its `roli_classifier`).
+HEADS = {"vit": "net.head", "resnet": "net.fc", "convnext": "net.head.fc", "swin": "net.head.fc"}
 
 
 def _build(name: str, backbone: str, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(BackboneConfig(name=backbone), NUM_CLASSES)
+    model = tiny_backbone(backbone, NUM_CLASSES, seed)
     cfg = TRANSFER.get(name).config_cls(name=name)
     return build_transfer(cfg).apply(model)
 
@@ -73,35 +87,54 @@ def test_only_declared_parameters_train(name, backbone):
     assert model.roli_method == name
 
 
-@pytest.mark.parametrize("name", sorted(UNSUPPORTED))
-def test_unsupported_backbone_is_refused(name):
-    torch.manual_seed(0)
-    model = build_model(BackboneConfig(name="test_resnet"), NUM_CLASSES)
+def test_every_refusal_names_a_registered_method_and_family():
+    assert set(REFUSES) <= set(METHODS) and set().union(*REFUSES.values()) <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("backbone", FAMILIES)
+@pytest.mark.parametrize("name", METHODS)
+def test_refusals_are_the_methods_own_check(name, backbone):
+    """The method's declared capability (`check`) agrees with REFUSES both ways: no family is refused silently
+    (nor adapted by accident)."""
+    method = build_transfer(TRANSFER.get(name).config_cls(name=name))
+    net = tiny_backbone(backbone, NUM_CLASSES).net
+    if backbone in REFUSES.get(name, ()):
+        with pytest.raises(UnsupportedBackbone):
+            method.check(net)
+    else:
+        method.check(net)
+
+
+@pytest.mark.parametrize("name, backbone", REFUSED)
+def test_unsupported_backbone_is_refused(name, backbone):
+    model = tiny_backbone(backbone, NUM_CLASSES)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(UnsupportedBackbone, match=name):
+    modules = len(list(model.modules()))
+    with pytest.raises(UnsupportedBackbone, match=name) as info:
         build_transfer(TRANSFER.get(name).config_cls(name=name)).apply(model)
+    assert "supports" in str(info.value) or "expected" in str(info.value)  # says what it needs
     # refused before touching the model: nothing frozen, nothing injected
     assert all(p.requires_grad for p in model.parameters())
-    assert model.state_dict().keys() == before.keys()
+    assert model.state_dict().keys() == before.keys() and len(list(model.modules())) == modules
+    assert not hasattr(model, "roli_method")
 
 
-def test_vpt_prompt_counts():
-    deep, shallow = _build("vpt_deep", "vit_tiny_28"), _build("vpt_shallow", "vit_tiny_28")
-    assert len([n for n in _trainable(deep) if n.endswith(".prompt")]) == 4  # one per block (depth 4)
+@pytest.mark.parametrize("backbone, blocks", [("vit", 4), ("swin", 4)])  # vit_tiny_28: depth 4; Swin: 2 + 2
+def test_vpt_prompt_counts(backbone, blocks):
+    deep, shallow = _build("vpt_deep", backbone), _build("vpt_shallow", backbone)
+    assert len([n for n in _trainable(deep) if n.endswith(".prompt")]) == blocks  # one per block
     assert len([n for n in _trainable(shallow) if n.endswith(".prompt")]) == 1
 
 
-def test_linear_probe_trains_exactly_the_head():
-    model = _build("linear_probe", "vit_tiny_28")
-    assert _trainable(model) == {"net.head.weight", "net.head.bias"}
-    resnet = _build("linear_probe", "test_resnet")
-    assert _trainable(resnet) == {"net.fc.weight", "net.fc.bias"}
+@pytest.mark.parametrize("backbone", FAMILIES)
+def test_linear_probe_trains_exactly_the_head(backbone):
+    model = _build("linear_probe", backbone)
+    assert _trainable(model) == {f"{HEADS[backbone]}.weight", f"{HEADS[backbone]}.bias"}
 
 
 def test_apply_refreezes_a_model_that_was_fully_trainable():
     """apply() starts from 'everything frozen': parameters trainable before it do not stay trainable."""
-    torch.manual_seed(0)
-    model = build_model(BackboneConfig(name="vit_tiny_28"), NUM_CLASSES)
+    model = tiny_backbone("vit", NUM_CLASSES)
     assert all(p.requires_grad for p in model.parameters())
     build_transfer(TransferConfig(name="linear_probe")).apply(model)
     assert _trainable(model) == {"net.head.weight", "net.head.bias"}
@@ -166,9 +199,9 @@ def _batchnorms(model):
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@pytest.mark.parametrize("name", [n for n in TRANSFER.names() if "test_resnet" not in UNSUPPORTED.get(n, ())])
+@pytest.mark.parametrize("name", [n for n in METHODS if "resnet" not in REFUSES.get(n, ())])
 def test_set_train_mode_keeps_frozen_batchnorm_in_eval(name):
-    model = _build(name, "test_resnet")
+    model = _build(name, "resnet")  # the one BatchNorm family
     bns = _batchnorms(model)
     assert bns, "test_resnet should contain BatchNorm"
     stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}

@@ -1,8 +1,9 @@
 """AutoAttack (Croce & Hein, ICML 2020, arXiv 2003.01690) through the authors' `pyautoattack` package.
 
 An adapter, not a re-implementation: the package's AutoAttack runs every sub-attack. roli adds the run's threat
-model as the only source of eps (the reference code silently used 4/255, protocol B6), target counts that fit the dataset, and a way to run one
-sub-attack at a time, which `roli.evaluation.autoattack` uses for per-attack accuracy and resumable state.
+model as the only source of eps (the reference code silently used 4/255, protocol B6), target counts that fit the
+dataset, and a way to run one sub-attack at a time, which `roli.evaluation.autoattack` uses for per-attack accuracy
+and resumable state.
 """
 
 from __future__ import annotations
@@ -103,9 +104,21 @@ def _keep_tracer_and_rng(device: torch.device) -> Iterator[None]:
 
 @ATTACKS.register("autoattack")
 class AutoAttack(Attack):
-    """`attack(model, x, y)` runs the whole configured AutoAttack on the batch and returns AA's x_adv
-    (clean x where no sub-attack succeeded). For DataLoaders use `roli.evaluation.autoattack.evaluate_autoattack`.
-    It always runs in fp32 (the package's own forwards; its checks and DLR loss assume fp32 logits)."""
+    """AutoAttack (Croce & Hein, arXiv 2003.01690): the parameter-free ensemble APGD-CE, APGD-T, FAB-T and Square
+    (`version: standard`), run by the authors' `pyautoattack` package on [0,1] inputs with the run's `threat`.
+
+    `attack(model, x, y)` runs the whole configured AutoAttack on the batch and returns AA's x_adv
+    (clean x where no sub-attack succeeded). For DataLoaders use `roli.evaluation.autoattack.evaluate_autoattack`
+    (per-sub-attack accuracy, resumable). It always runs in fp32 (the package's own forwards; its checks and DLR
+    loss assume fp32 logits). Evaluation only: it cannot be the training `attack`.
+
+    Example:
+        After training: ``roli eval --checkpoint RUN/best.pt --suite full`` (clean, FGSM, PGD-10, AutoAttack), or
+        ``--attack autoattack --aa version=custom attacks=[apgd-ce,apgd-t]``. Python:
+
+        >>> aa = roli.make_attack("autoattack", eps=8/255, version="custom", attacks=["apgd-ce", "apgd-t"])
+        >>> x_adv = aa(model, x, y)
+    """
 
     config_cls = AutoAttackConfig
 
@@ -116,6 +129,7 @@ class AutoAttack(Attack):
         _quiet_package_logger()
 
     def resolve_seed(self) -> int:
+        """The configured seed, else one drawn from torch's generator (so `run.seed` fixes it)."""
         cfg = self.config
         return cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
 
@@ -130,6 +144,7 @@ class AutoAttack(Attack):
                                             version=cfg.version, seed=0).attacks_to_run)
 
     def target_classes(self, n_classes: int) -> int:
+        """APGD-T/FAB-T's number of target classes: the configured one, else min(9, n_classes - 1)."""
         n = self.config.n_target_classes or min(9, n_classes - 1)
         if n > n_classes - 1:
             raise ConfigError(f"n_target_classes={n} but the model has only {n_classes} classes ({n_classes - 1} "
@@ -152,6 +167,7 @@ class AutoAttack(Attack):
         return aa
 
     def check_classes(self, n_classes: int) -> None:
+        """Raise ConfigError if a sub-attack needs more classes than the model has (DLR: 3, APGD-T: 4)."""
         for sub in self.sub_attacks():
             if n_classes < MIN_CLASSES.get(sub, 2):
                 raise ConfigError(f"AutoAttack's {sub} needs at least {MIN_CLASSES[sub]} classes; the model has "
@@ -167,6 +183,7 @@ class AutoAttack(Attack):
         return x_adv
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Every configured sub-attack in order on the batch (eps 0: x itself)."""
         if self.threat.eps == 0:
             return x.clone()
         with torch.no_grad():

@@ -84,6 +84,8 @@ class Attack:
         return x_adv.detach()
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The search itself, which subclasses implement: x_adv for (x, y), inside the threat model's ball and [0,1].
+        Called by `__call__` in eval mode with frozen parameters and gradients enabled; x is detached."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for subclasses
@@ -126,11 +128,28 @@ class Attack:
 
 
 def build_attack(config: AttackConfig, threat: ThreatConfig, precision: Precision | None = None) -> Attack:
-    """The registered attack for `config` under the threat model `threat`; its forwards autocast to `precision`."""
+    """The registered attack for `config` under the threat model `threat`; its forwards autocast to `precision`.
+
+    The recipe route: a run's `attack` (training) and `eval.attack` sections are AttackConfigs, and `threat` is the
+    run's one threat model, so the attack cannot use another eps than the run.
+
+    Example:
+        >>> cfg = roli.load_config("recipes/tiny/mnist_lora_ranli.yaml")
+        >>> attack = roli.build_attack(cfg.eval.attack, cfg.threat)  # the run's validation/test attack
+        >>> x_adv = attack(model, x, y)  # x in [0,1], (N, C, H, W); model: a roli Classifier
+    """
     return ATTACKS.get(config.name)(config, threat, precision=precision)
 
 
 def make_attack(name: str = "pgd", *, eps: float, norm: str = "linf", precision: Precision | None = None,
                 **fields) -> Attack:
-    """The Python shortcut: `make_attack("pgd", eps=8/255, steps=10, step_size=2/255)` (fields checked as in YAML)."""
+    """The Python shortcut: an attack by name, with the threat model (`eps`, `norm`) and the attack's own fields
+    given as keywords; the fields are checked as in a recipe (an unknown or wrong-typed field is a ConfigError).
+
+    Example:
+        >>> attack = roli.make_attack("pgd", eps=8/255, steps=10, step_size=2/255)
+        >>> x_adv = attack(model, x, y)                      # x in [0,1]
+        >>> outcome = attack.evaluate(model, x, y)           # per-example clean / robust verdicts
+        >>> fgsm = roli.make_attack("fgsm", eps=0.5, norm="l2")
+    """
     return build_attack(attack_config(name, **fields), ThreatConfig(norm=norm, eps=eps), precision=precision)

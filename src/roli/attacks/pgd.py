@@ -53,6 +53,7 @@ class PGDConfig(AttackConfig):
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
 
     def warnings(self, threat: ThreatConfig) -> list[str]:
+        """A step larger than eps, or steps too few to reach the ball's boundary (both legal, both weak)."""
         out = []
         if threat.eps > 0 and self.step_size > threat.eps:
             out.append(f"PGD step_size {self.step_size:.4g} exceeds eps {threat.eps:.4g}: each step overshoots the "
@@ -80,12 +81,31 @@ def _better(wrong: torch.Tensor, loss: torch.Tensor, best_wrong: torch.Tensor, b
 
 @ATTACKS.register("pgd")
 class PGD(Attack):
-    """L-inf/L2 PGD. Keeps, per example, the iterate that misclassifies, else the one with the highest loss
-    (the reference picks one iterate for the whole batch by the mean loss, protocol B4)."""
+    """PGD (Madry et al., arXiv 1706.06083): `steps` ascent steps of `step_size` on the loss (`ce` or the CW-style
+    `margin`), each projected onto the L-inf or L2 ball of the run's `threat` and the [0,1] box, from a uniform
+    random start in the ball (`random_start`), best of `restarts`.
+
+    Keeps, per example, the iterate that misclassifies, else the one with the highest loss (`select: best`; the
+    reference picks one iterate for the whole batch by the mean loss, protocol B4), or the last iterate
+    (`select: last`, Madry's PGD-AT). x: (N, C, H, W) in [0,1], y: (N,) labels; x_adv has x's shape and dtype.
+
+    Example:
+        Recipe (training PGD-7 and PGD-10 for validation and test)::
+
+            threat: {norm: linf, eps: 8/255}
+            attack: {name: pgd, steps: 7, step_size: 2/255, select: last}
+            eval: {attack: {name: pgd, steps: 10, step_size: 2/255, restarts: 1}}
+
+        Python:
+
+        >>> attack = roli.make_attack("pgd", eps=8/255, steps=10, step_size=2/255)
+        >>> x_adv = attack(model, x, y)
+    """
 
     config_cls = PGDConfig
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Attack every example for every step and restart (the training path; see `evaluate` for early stop)."""
         cfg = self.config
         ball = make_ball(self.threat.norm, self.threat.eps)
         loss_fn = LOSSES[cfg.loss]
@@ -185,7 +205,17 @@ class PGD(Attack):
 
 @ATTACKS.register("fgsm")
 class FGSM(PGD):
-    """FGSM (Goodfellow et al., arXiv 1412.6572): one full-size step from the clean input."""
+    """FGSM (Goodfellow et al., arXiv 1412.6572): one step of size eps from the clean input, no random start.
+
+    L-inf: x + eps * sign(grad), clipped to [0,1]; L2: a step of L2 length eps along the gradient. Run as a
+    1-step PGD, so it shares PGD's per-example verdicts and early stop. Its config has only `loss` (`ce` or
+    `margin`); eps is the run's `threat.eps`. Cheap enough to train with (`attack: {name: fgsm}`).
+
+    Example:
+        Recipe: ``eval: {attack: {name: fgsm}}``, with ``threat: {norm: linf, eps: 8/255}``. Python:
+
+        >>> x_adv = roli.make_attack("fgsm", eps=8/255)(model, x, y)
+    """
 
     config_cls = FGSMConfig
 

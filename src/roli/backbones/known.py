@@ -19,6 +19,8 @@ from roli.config import BackboneConfig, ConfigError, from_dict
 
 @dataclass(frozen=True, kw_only=True)
 class KnownCheckpoint:
+    """One entry of known_checkpoints.yaml: what a known checkpoint's name implies, and where to get its file."""
+
     name: str
     arch: str  # timm architecture
     format: str  # roli.backbones.convert.CONVERTERS name
@@ -34,6 +36,7 @@ class KnownCheckpoint:
 
 @functools.cache
 def known_checkpoints() -> dict[str, KnownCheckpoint]:
+    """The table, read once and checked strictly (a broken entry is a bug in roli: RuntimeError)."""
     path = resources.files("roli.backbones") / "known_checkpoints.yaml"
     table = yaml.safe_load(path.read_text()) or {}
     try:

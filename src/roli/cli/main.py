@@ -10,7 +10,10 @@ import sys
 import typing
 from pathlib import Path
 
+from roli.numbers import eps_str, number_str
 from roli.version import __version__
+
+EPS_FIELDS = ("eps", "step_size")  # config fields `roli list` shows as k/255 (a budget or a PGD step)
 
 log = logging.getLogger("roli")
 
@@ -24,7 +27,7 @@ def _recipes_after_set(a: argparse.Namespace) -> None:
 
 def _run(a: argparse.Namespace) -> int:
     from roli.config import load_config
-    from roli.evaluation.report import write_report
+    from roli.report.write import write_report
     from roli.training.pipeline import run
 
     _recipes_after_set(a)
@@ -89,8 +92,6 @@ def _eval(a: argparse.Namespace) -> int:
 
 def summary_line(result: dict) -> str:
     """One line a person reads after the JSON: what was attacked, how, and the accuracies."""
-    from roli.config import eps_str
-
     threat = result.get("threat") or {}
     accs = ", ".join(f"{name} {r['acc']:.2f}%" for name, r in result["results"].items())
     data = result["data"]
@@ -107,12 +108,11 @@ def _type_name(tp) -> str:
 
 def _fields(cls) -> str:
     hints = typing.get_type_hints(cls)
-    from roli.config import eps_str
 
-    def shown(v):  # 8/255 rather than 0.03137...
-        return eps_str(v) if isinstance(v, float) and eps_str(v).endswith("/255") else repr(v)
+    def shown(name: str, v) -> str:  # a budget as 8/255 (not 0.03137...); any other number as itself (16, not 16.0)
+        return eps_str(v) if name in EPS_FIELDS and isinstance(v, float) else number_str(v)
 
-    return ", ".join(f"{f.name}: {_type_name(hints[f.name])} = {shown(f.default)}"
+    return ", ".join(f"{f.name}: {_type_name(hints[f.name])} = {shown(f.name, f.default)}"
                      for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING and f.name != "name")
 
 
@@ -128,7 +128,7 @@ def _list(a: argparse.Namespace) -> int:
     print("backbones:", ", ".join(BACKBONES.names()), "+ any timm architecture (weights from a local file)")
     print("known checkpoints (backbone.name; pass the file as backbone.checkpoint):")
     for name, k in known_checkpoints().items():
-        eps = f"robust eps {k.pretrain_eps * 255:.0f}/255" if k.pretrain_eps else "standard training"
+        eps = f"robust eps {eps_str(k.pretrain_eps)}" if k.pretrain_eps else "standard training"
         print(f"  {name}: {k.arch}, format {k.format}, {eps}; from {k.source}")
     print("checkpoint formats (backbone.format):", ", ".join(["auto", *CONVERTERS.names()]))
     print("datasets: ", ", ".join(DATASETS.names()), "(data.root: the dataset's folder; see README)")
@@ -144,8 +144,8 @@ def _list(a: argparse.Namespace) -> int:
 
 
 def _sweep(a: argparse.Namespace) -> int:
-    from roli.evaluation.report import write_report
-    from roli.training.sweep import describe, finished_dirs, plan, run_sweep
+    from roli.report.write import write_report
+    from roli.sweep.run import describe, finished_dirs, plan, run_sweep
 
     seeds = None
     if a.seeds:
@@ -169,7 +169,7 @@ def _sweep(a: argparse.Namespace) -> int:
 
 
 def _tune(a: argparse.Namespace) -> int:
-    from roli.training.tune import parse_lrs, tune
+    from roli.sweep.tune import parse_lrs, tune
 
     out = Path(a.out or f"runs/tune/{Path(a.recipe).stem}")
     result = tune(a.recipe, parse_lrs(a.lr), out, epochs=a.epochs, overrides=a.set, record=a.record)
@@ -179,18 +179,18 @@ def _tune(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from roli.evaluation.report import write_report
+    from roli.report.write import write_report
 
     spec = None
     if a.findings:
-        from roli.evaluation.findings import load_spec
+        from roli.report.spec import load_spec
 
         spec = load_spec(a.findings)  # a bad spec fails before any run is read
     dirs = [p.parent for d in a.dirs for p in sorted(Path(d).glob("**/results.json"))]
     if not dirs:
         raise SystemExit(f"roli report: no results.json under {a.dirs}")
     if a.archive:  # the report is made from the archived copies, so it can be regenerated from them alone
-        from roli.evaluation.report import archive
+        from roli.report.write import archive
 
         dirs = archive(dirs, Path(a.archive))
     report = write_report(Path(a.out or a.dirs[0]), dirs, spec=spec, doc=a.doc)

@@ -32,11 +32,15 @@ class ImageTensors(Dataset):
         return self.images[i].float().div_(255), self.labels[i]
 
     def subset(self, idx: np.ndarray) -> ImageTensors:
+        """The examples at positions `idx`, keeping their original `indices` (for the membership hash)."""
         return ImageTensors(self.images.numpy()[idx], self.labels.numpy()[idx], self.indices[idx])
 
 
 @dataclass
 class Splits:
+    """A dataset's train/val/test splits (examples: a C x H x W float image in [0,1] and an int label), its number
+    of classes, and `info`: source, sizes, classes present and membership hashes (recorded in results.json)."""
+
     train: Dataset
     val: Dataset
     test: Dataset
@@ -44,6 +48,7 @@ class Splits:
     info: dict = field(default_factory=dict)
 
     def split(self, name: str) -> Dataset:
+        """The split called `name` (train, val or test); any other name is a DataError."""
         if name not in ("train", "val", "test"):
             raise DataError(f"unknown split {name!r}; choose train, val or test")
         return getattr(self, name)
@@ -135,9 +140,11 @@ class Relabeled(Dataset):
 
     @property
     def membership(self):
+        """The underlying split's membership (file paths or example indices), for the split hash."""
         return getattr(self.base, "membership", self.base.indices)
 
     def subset(self, idx: np.ndarray) -> Relabeled:
+        """The examples at positions `idx`, still relabelled."""
         return Relabeled(self.base.subset(idx), self.classes)
 
 
@@ -193,6 +200,14 @@ def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_cla
 
 
 def build_data(cfg: DataConfig) -> Splits:
+    """The registered dataset `cfg.name`, split and limited as `cfg` says.
+
+    Example:
+        >>> splits = build_data(DataConfig(name="mnist", classes=(3, 4, 6, 7, 9), train_limit=1000))
+        >>> len(splits.train), splits.num_classes
+        (1000, 5)
+        >>> loader = make_loader(splits.test, 256, shuffle=False)
+    """
     return DATASETS.get(cfg.name)(cfg)
 
 

@@ -64,6 +64,7 @@ def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def find_folder(root: str | None, name: str) -> Path:
+    """The folder holding the batches of `name`: `root`/cifar-10-batches-py (or cifar-100-python), or `root` itself."""
     folder_name = LAYOUTS[name][0]
     if not root:
         raise DataError(f"{name}: set data.root to the folder holding {folder_name}/ (the CIFAR 'python version')")
@@ -86,6 +87,8 @@ def _read_all(folder: Path, files: list[str], label_key: bytes) -> tuple[np.ndar
 
 
 def load_cifar(cfg: DataConfig, name: str) -> Splits:
+    """Read every batch and split as the reference: val = the last `data.val_fraction` of the official train set (in
+    pickle-batch order), train = the rest, test = the official test set."""
     folder = find_folder(cfg.root, name)
     _, train_files, test_files, label_key, num_classes = LAYOUTS[name]
     x, y = _read_all(folder, train_files, label_key)
@@ -103,9 +106,28 @@ def load_cifar(cfg: DataConfig, name: str) -> Splits:
 
 @DATASETS.register("cifar10")
 def cifar10(cfg: DataConfig) -> Splits:
+    """CIFAR-10 (Krizhevsky, 2009): 10 classes of 3 x 32 x 32 images in [0,1], 45,000 / 5,000 / 10,000 images.
+
+    Needs the "python version" batches in `data.root`; nothing is downloaded. No augmentation (as the reference).
+
+    Example:
+        Recipe (a 224-pixel ViT-B resizes inside the model, the perturbation stays 32x32)::
+
+            data: {name: cifar10, root: /data/cifar}     # /data/cifar/cifar-10-batches-py/data_batch_1 ...
+            backbone: {name: vit_base_patch16_224, checkpoint: /path/to/weights.pth, input_size: 224}
+    """
     return load_cifar(cfg, "cifar10")
 
 
 @DATASETS.register("cifar100")
 def cifar100(cfg: DataConfig) -> Splits:
+    """CIFAR-100 (Krizhevsky, 2009): 100 fine classes of 3 x 32 x 32 images in [0,1], 45,000 / 5,000 / 10,000.
+
+    Needs the "python version" (`cifar-100-python/{train,test}`) in `data.root`; fine labels; no augmentation.
+
+    Example:
+        >>> splits = build_data(DataConfig(name="cifar100", root="/data/cifar"))  # holds cifar-100-python/
+        >>> splits.num_classes
+        100
+    """
     return load_cifar(cfg, "cifar100")

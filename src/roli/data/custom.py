@@ -33,6 +33,8 @@ class DatasetView(Dataset):
 
     @property
     def labels(self) -> np.ndarray:
+        """The labels of the viewed examples: the dataset's `labels`/`targets` if it has them, else read once by
+        indexing every example (computed on first use, then cached)."""
         if self._labels is None:
             own = getattr(self.dataset, "labels", None)
             own = getattr(self.dataset, "targets", None) if own is None else own
@@ -42,6 +44,7 @@ class DatasetView(Dataset):
         return self._labels
 
     def subset(self, idx: np.ndarray) -> DatasetView:
+        """The view of this view's examples at positions `idx`."""
         return DatasetView(self.dataset, self.indices[np.asarray(idx)])
 
 

@@ -68,9 +68,11 @@ class ImageFiles(Dataset):
 
     @property
     def membership(self) -> list[str]:
+        """The relative file paths, in order: what the split hash identifies."""
         return self.files
 
     def subset(self, idx: np.ndarray) -> ImageFiles:
+        """The images at positions `idx`, with the same transform."""
         idx = np.asarray(idx, dtype=np.int64)
         return ImageFiles(self.root, [self.files[i] for i in idx], self.labels[idx], self.transform, self.indices[idx])
 
@@ -154,6 +156,7 @@ def build_splits(cfg: DataConfig, image_dir: Path, parts: dict[str, tuple[list[s
 
 
 def from_split_file(cfg: DataConfig, image_dir: Path, source: str) -> Splits:
+    """Splits from `data.split_file`; classes are numbered in the sorted order of the file's labels."""
     splits = read_split_file(cfg.split_file)
     try:
         raw = sorted({v for s in splits.values() for v in s.values()})  # the reference's sorted(set(labels))
@@ -193,6 +196,7 @@ def _root(cfg: DataConfig, marker: str, *candidates: str) -> Path:
 
 
 def class_folders(folder: Path) -> list[Path]:
+    """The sub-folders of `folder`, sorted: one per class, numbered in this order."""
     classes = sorted(p for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{folder} has no class folders")
@@ -200,6 +204,7 @@ def class_folders(folder: Path) -> list[Path]:
 
 
 def list_images(folder: Path) -> list[str]:
+    """The sorted image file names in a class folder (IMAGE_EXTS); an empty class folder is a DataError."""
     names = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
     if not names:  # a class no image teaches (or images with an extension roli does not read)
         raise DataError(f"{folder}: class folder with no images (looked for {', '.join(IMAGE_EXTS)}); add its images "
@@ -216,6 +221,14 @@ def caltech_counts(n: int) -> list[int]:
 
 @DATASETS.register("caltech256")
 def caltech256(cfg: DataConfig) -> Splits:
+    """Caltech-256 (Griffin et al., 2007): 257 classes (clutter included), 3 x 224 x 224 RGB crops in [0,1].
+
+    Per class 57 train + 3 val images, seeded by `data.split_seed`, the rest test (14,649 / 771 / 15,187), or the
+    reference's `data.split_file`.
+
+    Example:
+        Recipe: ``data: {name: caltech256, root: /data/caltech256}`` (holding 256_ObjectCategories/).
+    """
     root = _root(cfg, "", "256_ObjectCategories", "")
     if not any(re.match(r"\d{3}\.", p.name) for p in root.iterdir() if p.is_dir()):
         raise DataError(f"{root}: not the Caltech-256 layout (256_ObjectCategories/NNN.name/*.jpg)")
@@ -250,6 +263,14 @@ def _read_table(path: Path) -> dict[int, str]:
 
 @DATASETS.register("cub200")
 def cub200(cfg: DataConfig) -> Splits:
+    """CUB-200-2011 (Wah et al., 2011): 200 bird species, 3 x 224 x 224 RGB crops in [0,1].
+
+    The official train/test split, with 3 seeded val images per class from train (5,394 / 600 / 5,794), or the
+    reference's `data.split_file`.
+
+    Example:
+        Recipe: ``data: {name: cub200, root: /data/CUB_200_2011}`` (or its parent folder).
+    """
     root = _root(cfg, "images.txt", "", "CUB_200_2011")
     if cfg.split_file:
         return from_split_file(cfg, root / "images", f"cub200:{root}")
@@ -280,6 +301,14 @@ def _read_mat_list(path: Path) -> tuple[list[str], np.ndarray]:
 
 @DATASETS.register("stanford_dogs")
 def stanford_dogs(cfg: DataConfig) -> Splits:
+    """Stanford Dogs (Khosla et al., 2011): 120 breeds, 3 x 224 x 224 RGB crops in [0,1].
+
+    The official train/test lists, with 10 seeded val images per class from train (10,800 / 1,200 / 8,580), or
+    the reference's `data.split_file`.
+
+    Example:
+        Recipe: ``data: {name: stanford_dogs, root: /data/stanford_dogs}`` (holding Images/ and lists/).
+    """
     root = _root(cfg, "Images", "", "StanfordDogs", "stanford_dogs")
     if cfg.split_file:
         return from_split_file(cfg, root / "Images", f"stanford_dogs:{root}")
@@ -297,6 +326,14 @@ def stanford_dogs(cfg: DataConfig) -> Splits:
 
 @DATASETS.register("image_folder")
 def image_folder(cfg: DataConfig) -> Splits:
+    """Your own images in class folders: `root`/{train,test}/<class>/*.jpg, optionally val/<class>/.
+
+    Classes are the sorted folder names of train/; without val/ a seeded `data.val_fraction` of each train class
+    (at least one image) becomes val. Images are RGB, resized and cropped to `data.crop_size`, in [0,1].
+
+    Example:
+        >>> splits = build_data(DataConfig(name="image_folder", root="/data/flowers", crop_size=224))
+    """
     root = _root(cfg, "train", "")
     if cfg.split_file:
         return from_split_file(cfg, root, f"image_folder:{root}")

@@ -12,6 +12,14 @@ SIZE, CLASSES, N_TRAIN, N_TEST = 28, 4, 600, 200
 
 @DATASETS.register("synthetic")
 def synthetic(cfg: DataConfig) -> Splits:
+    """4 classes of 1 x 28 x 28 images in [0,1]: fixed random prototypes plus noise (540 / 60 / 200 by default).
+
+    The images are the same every time; only `data.split_seed` changes the train/val carve. For tests and smoke
+    runs: learnable in seconds by vit_tiny_28.
+
+    Example:
+        Recipe: ``data: {name: synthetic, batch_size: 64}``.
+    """
     rng = np.random.default_rng(1234)  # the data itself is fixed; split_seed only changes the carve
     protos = rng.uniform(0.15, 0.85, size=(CLASSES, 1, SIZE, SIZE))
 

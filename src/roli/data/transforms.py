@@ -1,4 +1,5 @@
-"""Image transforms of the reference's JSON datasets (protocol §4): [0,1] tensors, no normalisation (it is in the model).
+"""Image transforms of the reference's JSON datasets (protocol §4): [0,1] tensors, no normalisation (it is in the
+model).
 
 train: Resize(resize_size, short side) -> RandomCrop(crop_size) -> RandomHorizontalFlip(0.5) -> [0,1] tensor
 eval:  Resize(resize_size) -> CenterCrop(crop_size) -> [0,1] tensor
@@ -13,9 +14,11 @@ from roli.config import DataConfig
 
 
 def train_transform(cfg: DataConfig) -> T.Compose:
+    """Resize, random crop to `crop_size` and random flip, to a [0,1] tensor."""
     return T.Compose([T.Resize(cfg.resize_size), T.RandomCrop(cfg.crop_size), T.RandomHorizontalFlip(),
                       T.ToTensor()])
 
 
 def eval_transform(cfg: DataConfig) -> T.Compose:
+    """Resize and center crop to `crop_size`, to a [0,1] tensor."""
     return T.Compose([T.Resize(cfg.resize_size), T.CenterCrop(cfg.crop_size), T.ToTensor()])

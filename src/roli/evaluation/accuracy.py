@@ -90,6 +90,11 @@ def evaluate(model: nn.Module, loader: DataLoader, attacks: Mapping[str, Attack 
 
     "clean" is not a separate pass when an attack is given: it is the first attack's own clean forward (under that
     attack's precision). `precision` applies to a clean-only evaluation. `early_stop`: see `Attack.evaluate`.
+
+    Example:
+        >>> attacks = {"clean": None, "pgd": roli.make_attack("pgd", eps=0.1, steps=10, step_size=0.025)}
+        >>> results = roli.evaluate(model, loader, attacks)  # loader: (x in [0,1], y) batches, unshuffled
+        >>> results["pgd"]["acc"], results["clean"]["acc"]  # top-1 accuracy in %
     """
     out: dict[str, dict] = {}
     for name, atk in attacks.items():

@@ -37,6 +37,7 @@ def _digest(*tensors: torch.Tensor) -> str:
 
 
 def model_digest(model: nn.Module) -> str:
+    """A short hash of every weight and buffer: a state file resumes only for the model that wrote it."""
     return _digest(*(t.float() for t in model.state_dict().values()))
 
 
@@ -61,6 +62,7 @@ class EvaluationState:
             log.info("AutoAttack: resuming from %s (%d chunk(s) started)", path, len(self.chunks))
 
     def chunk(self, i: int, digest: str) -> dict:
+        """Chunk i's record (started if i is the next one); StateMismatch if it was saved for other data."""
         if i == len(self.chunks):
             self.chunks.append({"digest": digest, "flags": {}})
         if self.chunks[i]["digest"] != digest:
@@ -69,6 +71,7 @@ class EvaluationState:
         return self.chunks[i]
 
     def save(self) -> None:
+        """Write the state file atomically (nothing without a path)."""
         if self.path is None:
             return
         # atomic: a kill leaves the old or the new state, never half a file

@@ -7,45 +7,17 @@ a failed check is also logged as a warning with its explanation. None of them is
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from itertools import pairwise
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from roli.attacks.base import attack_mode
-
-log = logging.getLogger(__name__)
-
-# Accuracies (%) must not rise along this order: each attack is at least as strong as the one before it.
-STRENGTH_ORDER = ("clean", "fgsm", "pgd", "autoattack")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    passed: bool
-    message: str
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _result(name: str, passed: bool, ok: str, problem: str, **details) -> CheckResult:
-    res = CheckResult(name, passed, ok if passed else problem, details)
-    if not passed:
-        log.warning("check %s failed: %s", name, problem)
-    return res
+from roli.evaluation.ordering import CheckResult, check_result
 
 
 def check_input_range(x: torch.Tensor) -> CheckResult:
     lo, hi = float(x.min()), float(x.max())
-    return _result("input_range", 0 <= lo and hi <= 1, f"inputs lie in [0,1] (min {lo:.3g}, max {hi:.3g})",
+    return check_result("input_range", 0 <= lo and hi <= 1, f"inputs lie in [0,1] (min {lo:.3g}, max {hi:.3g})",
                    f"inputs span [{lo:.3g}, {hi:.3g}], not [0,1]: eps is measured in [0,1] pixel units and the "
                    "box constraint clips to [0,1], so the threat model is wrong (normalise inside the model)",
                    min=lo, max=hi)
@@ -56,7 +28,7 @@ def check_logits(model: nn.Module, x: torch.Tensor, alpha: float = 1e-5) -> Chec
     with attack_mode(model), torch.no_grad():
         out = model(x).float()
     probs = bool((out.min() > -alpha) & (out.max() < 1 + alpha) & ((out.sum(1) - 1).abs() < alpha).all())
-    return _result("logits", not probs, "the model outputs logits (rows are not probability vectors)",
+    return check_result("logits", not probs, "the model outputs logits (rows are not probability vectors)",
                    "the model's outputs look like probabilities (non-negative rows summing to 1): attacks on "
                    "cross-entropy of softmax(probabilities) get flat gradients and overestimate robustness; return "
                    "logits", row_sum_min=float(out.sum(1).min()), row_sum_max=float(out.sum(1).max()))
@@ -69,7 +41,7 @@ def check_deterministic(model: nn.Module, x: torch.Tensor, repeats: int = 3, rto
     scale = outs[0].abs().max().clamp_min(1e-12)
     diff = max(float((o - outs[0]).abs().max() / scale) for o in outs[1:])
     flips = sum(int((o.argmax(1) != outs[0].argmax(1)).sum()) for o in outs[1:])
-    return _result("deterministic", diff <= rtol, f"{repeats} forwards in eval mode agree (max rel. diff {diff:.2g})",
+    return check_result("deterministic", diff <= rtol, f"{repeats} forwards in eval mode agree (max rel. diff {diff:.2g})",
                    f"{repeats} forwards in eval mode differ (max rel. diff {diff:.2g}, {flips} changed predictions): "
                    "random inference (e.g. dropout in forward) masks gradients; evaluate with expectation over "
                    "transformation (AutoAttack version: rand) or remove the randomness", max_rel_diff=diff,
@@ -84,7 +56,7 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Check
     zero = int((grad.flatten(1).abs().sum(1) == 0).sum())
     finite = bool(torch.isfinite(grad).all())
     nan = "" if finite else " and some gradients are not finite"
-    return _result("gradients", zero == 0 and finite, f"input gradients are non-zero for all {len(x)} points",
+    return check_result("gradients", zero == 0 and finite, f"input gradients are non-zero for all {len(x)} points",
                    f"{zero} of {len(x)} points have an all-zero input gradient{nan}: gradient attacks cannot move "
                    "them (saturated softmax, non-differentiable layers or gradient masking); PGD/APGD numbers may "
                    "overestimate robustness",
@@ -97,38 +69,3 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[Che
             check_gradients(model, x, y)]
 
 
-def check_ordering(accs: Mapping[str, float], tol: float = 0.0) -> CheckResult:
-    """clean >= FGSM >= PGD >= AutoAttack (those present), with `tol` percentage points of slack."""
-    seq = [(k, accs[k]) for k in STRENGTH_ORDER if accs.get(k) is not None]
-    bad = [f"{a} {va:.2f}% < {b} {vb:.2f}%" for (a, va), (b, vb) in pairwise(seq) if vb > va + tol]
-    shown = " >= ".join(f"{k} {v:.2f}%" for k, v in seq)
-    return _result("ordering", not bad, f"accuracy falls with attack strength: {shown}",
-                   f"a stronger attack found fewer errors than a weaker one ({'; '.join(bad)}): a sign of gradient "
-                   "masking, too few steps or a bug; do not trust the robust number", order=[k for k, _ in seq],
-                   violations=bad)
-
-
-def check_sweep(points: Sequence[Mapping], clean: float | None = None, near_zero: float = 5.0,
-                tol: float = 0.0) -> list[CheckResult]:
-    """An eps sweep ({eps, acc} sorted by eps, the last at a large eps): eps 0 equals clean accuracy, accuracy
-    falls monotonically, and reaches ~0 at the large eps (else possible gradient masking)."""
-    pts = sorted(points, key=lambda p: p["eps"])
-    rises = [f"eps {a['eps']:.4g}: {a['acc']:.2f}% -> eps {b['eps']:.4g}: {b['acc']:.2f}%"
-             for a, b in pairwise(pts) if b["acc"] > a["acc"] + tol]
-    out = [_result("eps_monotone", not rises, f"accuracy falls monotonically over {len(pts)} eps values",
-                   f"accuracy rises with eps ({'; '.join(rises)}): a larger ball contains the smaller one, so the "
-                   "attack is failing to find points it found before (gradient masking or a bug)", violations=rises)]
-    last = pts[-1]
-    out.append(_result("large_eps", last["acc"] <= near_zero,
-                       f"at eps {last['eps']:.4g} accuracy is {last['acc']:.2f}% (<= {near_zero}%)",
-                       f"at eps {last['eps']:.4g} accuracy is still {last['acc']:.2f}% (> {near_zero}%): an attack "
-                       "this large should break almost every point; possible gradient masking",
-                       eps=last["eps"], acc=last["acc"], threshold=near_zero))
-    zero = [p for p in pts if p["eps"] == 0]
-    if clean is not None and zero:
-        same = math.isclose(zero[0]["acc"], clean, abs_tol=1e-6)  # < 1 point of 10^8
-        out.append(_result("eps_zero_clean", same, f"eps 0 gives the clean accuracy ({clean:.2f}%)",
-                           f"eps 0 gives {zero[0]['acc']:.2f}% but clean accuracy is {clean:.2f}%: the attack "
-                           "changes inputs it may not change, or the model is not deterministic", clean=clean,
-                           eps_zero=zero[0]["acc"]))
-    return out

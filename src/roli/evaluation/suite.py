@@ -26,7 +26,8 @@ from roli.attacks import build_attack
 from roli.config import AttackConfig, ThreatConfig, to_dict
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.autoattack import evaluate_autoattack
-from roli.evaluation.checks import check_ordering, check_sweep, model_checks
+from roli.evaluation.checks import model_checks
+from roli.evaluation.ordering import check_ordering, check_sweep
 from roli.precision import FP32, Precision
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ LARGE_EPS: dict[str, Callable[[torch.Tensor], float]] = {
 
 @dataclass(frozen=True)
 class Suite:
+    """A named evaluation: which results it reports, in order, and whether it adds the eps sweep."""
+
     attacks: tuple[str, ...]  # result names, each a key of the `configs` passed to run_suite ("clean" = None)
     sweep: bool = False
 
@@ -144,6 +147,7 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
 
 
 def library_versions() -> dict:
+    """roli's recorded versions plus pyautoattack's, for an evaluation's JSON."""
     import pyautoattack
 
     from roli.version import versions

@@ -25,6 +25,7 @@ def _no_decay_names(model: nn.Module, policy: str) -> set[str]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; those the `train.no_decay` policy picks get no weight decay."""
     skip = _no_decay_names(model, cfg.no_decay)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -50,6 +51,7 @@ def lr_multiplier(step: int, total: int, warmup: int, cfg: TrainConfig) -> float
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """A per-step LambdaLR: lr_multiplier over `train.epochs` x steps_per_epoch steps."""
     total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(s, total, warmup, cfg))

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -32,11 +32,9 @@ from roli.backbones.custom import from_module, module_digest
 from roli.config import (
     BackboneConfig,
     Config,
-    ConfigError,
     TransferConfig,
     config_hash,
     dump_config,
-    load_config,
     to_dict,
 )
 from roli.data import DataError, Splits, build_data
@@ -44,9 +42,10 @@ from roli.data.custom import from_datasets
 from roli.device import deterministic, device_name, oom_hint
 from roli.errors import ResultsError, RunDirError
 from roli.evaluation.accuracy import evaluate
-from roli.files import atomic_write_json, discard_unstarted, read_json
-from roli.precision import run_precision
-from roli.training.trainer import TrainingFailed, fit, seed_everything
+from roli.files import discard_unstarted, read_json
+from roli.precision import RunPrecision, run_precision
+from roli.training.rundir import check_same_config, new_run_dir, read_results, write_results
+from roli.training.trainer import FitResult, TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
 from roli.transfer.state import load_trained_state
@@ -79,6 +78,7 @@ class Custom:
 
     @staticmethod
     def make(cfg: Config, model: nn.Module | None, data) -> Custom | None:
+        """None when neither is given; three Datasets become roli Splits; the module is copied."""
         if model is None and data is None:
             return None
         if data is not None and not isinstance(data, Splits):
@@ -105,6 +105,7 @@ class Custom:
         return tuple(out)
 
     def kwargs(self) -> dict:
+        """What run() takes to use the same model and data again (RoLI's stage 1)."""
         return {"model": self.module, "data": self.splits}
 
 
@@ -114,25 +115,8 @@ def backbone_file_hash(backbone: BackboneConfig) -> str | None:
     return sha256sum(path) if path and Path(path).is_file() else None
 
 
-def new_run_dir(out: Path, name: str) -> Path:
-    """A fresh folder under `out`; an existing run is never reused or overwritten (a suffix is added)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 10_000):
-        path = out / (name if i == 1 else f"{name}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RunDirError(f"no free run folder name for {name!r} in {out}")
-
-
-def read_results(run_dir: Path) -> dict | None:
-    path = run_dir / "results.json"
-    return read_json(path, "results.json") if path.is_file() else None
-
-
 def find_stage1(out: Path, key: str) -> Path | None:
+    """A complete linear-probe run under `out` whose stage1_key is `key` (the stage-1 cache), else None."""
     for res_path in sorted(out.glob("*/results.json")):
         try:
             res = read_json(res_path, "results.json")
@@ -144,27 +128,8 @@ def find_stage1(out: Path, key: str) -> Path | None:
     return None
 
 
-def _write_results(run_dir: Path, results: dict) -> None:
-    atomic_write_json(run_dir / "results.json", results)
-
-
-# Settings a resumed run may change: where and how fast it computes, not what it computes.
-RESUMABLE_CHANGES = {"run.threads", "run.device", "run.name", "run.keep_resume_state", "data.num_workers",
-                     "data.root"}
-
-
-def check_same_config(cfg: Config, run_dir: Path) -> None:
-    """A run resumes only with the settings it was made with (config.yaml), but for RESUMABLE_CHANGES."""
-    saved = to_dict(load_config(run_dir / "config.yaml"))
-    now = to_dict(cfg)
-    diff = [f"{s}.{k}: {saved.get(s, {}).get(k)!r} -> {v!r}" for s in now for k, v in now[s].items()
-            if f"{s}.{k}" not in RESUMABLE_CHANGES and saved.get(s, {}).get(k) != v]
-    if diff:
-        raise ConfigError(f"{run_dir} was made with different settings ({'; '.join(diff[:5])}); resume it with its "
-                          "own config.yaml (no --set), or start a new run")
-
-
 def ensure_stage1(cfg: Config, out: Path, custom: Custom | None = None) -> tuple[Path, dict]:
+    """RoLI's stage 1 for `cfg`: reused from the cache, resumed, or run; returns its folder and results."""
     s1 = stage1_config(cfg)
     key = stage1_key(s1, custom)
     # Under torchrun rank 0 decides (reuse, resume or run) and every rank follows: a folder rank 0 creates must not
@@ -253,6 +218,54 @@ def accelerate(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module
     return model
 
 
+def _build_model(cfg: Config, splits: Splits, stage1: dict | None, custom: Custom | None,
+                 device: torch.device) -> tuple[nn.Module, dict]:
+    """The run's model on its device (the backbone or the given module, the RanLI head, RoLI's stage-1 head, the
+    method applied) and the backbone's load report (what was loaded and mapped, and the normalisation used)."""
+    if custom and custom.module is not None:
+        model = from_module(copy.deepcopy(custom.module), splits.num_classes, example=splits.train[0][0][None])
+    else:
+        model = build_model(cfg.backbone, splits.num_classes)
+    backbone_report = model.roli_load_report
+    init_ranli(model, cfg.transfer)
+    if stage1 is not None:
+        init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])
+    return accelerate(build_transfer(cfg.transfer).apply(model).to(device), cfg, device), backbone_report
+
+
+def _fit(model: nn.Module, cfg: Config, splits: Splits, run_dir: Path, resume: bool, results: dict,
+         is_main: bool) -> FitResult:
+    """fit(); a run that fails in training (TrainingFailed) says so in its results.json before the error goes on."""
+    try:
+        return fit(model, cfg, splits, run_dir, resume=resume)
+    except TrainingFailed as e:
+        if is_main:
+            write_results(run_dir, {**results, "status": "failed", "error": str(e)})
+        raise
+
+
+def _test(model: nn.Module, cfg: Config, splits: Splits, run_dir: Path, precision: RunPrecision) -> dict:
+    """Clean and `eval.attack` accuracy on the test split, of the selected epoch's weights (best.pt)."""
+    best = load_file(run_dir / "best.pt")
+    load_trained_state(model, best["model"], run_dir / "best.pt")  # lean: on top of the same frozen backbone
+    with oom_hint("test evaluation", "data.eval_batch_size", cfg.data.eval_batch_size):
+        return evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
+                        {"clean": None, "pgd": build_attack(cfg.eval.attack, cfg.threat, precision.eval)},
+                        early_stop=cfg.eval.early_stop)
+
+
+def _record_completion(results: dict, cfg: Config, fitted: FitResult, test: dict, t0: float) -> None:
+    """`results` as complete: the history, the selected epoch, its validation and the test numbers, the time."""
+    results.update(
+        status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
+        best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
+        test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
+              "attack": to_dict(cfg.eval.attack), "threat": to_dict(cfg.threat),
+              "pgd_images_per_s": test["pgd"]["images_per_s"], "early_stop": cfg.eval.early_stop},
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+
+
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
                     t0: float, custom: Custom | None = None) -> dict:
     w, device = distributed.init(cfg.run.device)
@@ -260,19 +273,11 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
     torch.set_num_threads(cfg.run.threads or max(1, (os.cpu_count() or 1) // w.size))
     seed_everything(cfg.run.seed)
     splits = custom.splits if custom and custom.splits else build_data(cfg.data)
-    if custom and custom.module is not None:
-        model = from_module(copy.deepcopy(custom.module), splits.num_classes, example=splits.train[0][0][None])
-    else:
-        model = build_model(cfg.backbone, splits.num_classes)
-    backbone_report = model.roli_load_report  # what was loaded and mapped, and the normalisation used
-    init_ranli(model, cfg.transfer)
-    if stage1 is not None:
-        init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])
-    model = accelerate(build_transfer(cfg.transfer).apply(model).to(device), cfg, device)
+    model, backbone_report = _build_model(cfg, splits, stage1, custom, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     results = {
         "status": "running", "run_dir": str(run_dir), "recipe": recipe,
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": to_dict(cfg), "seed": cfg.run.seed, "versions": versions(), "device": device_name(device),
         "world_size": w.size,
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv), "data": splits.info,
@@ -281,33 +286,15 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "backbone": backbone_report, "precision": precision.to_dict(),
     }
     if w.is_main:
-        _write_results(run_dir, results)
-    try:
-        fitted = fit(model, cfg, splits, run_dir, resume=resume)
-    except TrainingFailed as e:
-        if w.is_main:
-            _write_results(run_dir, {**results, "status": "failed", "error": str(e)})
-        raise
-    best = load_file(run_dir / "best.pt")
-    load_trained_state(model, best["model"], run_dir / "best.pt")  # lean: on top of the same frozen backbone
-    test_attack = cfg.eval.attack
-    with oom_hint("test evaluation", "data.eval_batch_size", cfg.data.eval_batch_size):
-        test = evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                        {"clean": None, "pgd": build_attack(test_attack, cfg.threat, precision.eval)},
-                        early_stop=cfg.eval.early_stop)
-    results.update(
-        status="complete", history=fitted.history, selected_epoch=fitted.best["epoch"],
-        best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
-        test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
-              "attack": to_dict(test_attack), "threat": to_dict(cfg.threat), "pgd_images_per_s": test["pgd"]["images_per_s"],
-              "early_stop": cfg.eval.early_stop},
-        seconds=round(time.perf_counter() - t0, 1),
-    )
+        write_results(run_dir, results)
+    fitted = _fit(model, cfg, splits, run_dir, resume, results, w.is_main)
+    test = _test(model, cfg, splits, run_dir, precision)
+    _record_completion(results, cfg, fitted, test, t0)
     if w.is_main:
-        _write_results(run_dir, results)
+        write_results(run_dir, results)
         if not cfg.run.keep_resume_state:  # only now that results.json says complete: a kill before this resumes
             (run_dir / "checkpoint.pt").unlink(missing_ok=True)
     distributed.barrier()
     log.info("%s: test clean %.2f%%, %s %.2f%% (epoch %d) -> %s", run_dir.name, results["test"]["clean"],
-             test_attack.name, results["test"]["pgd"], results["selected_epoch"], run_dir)
+             cfg.eval.attack.name, results["test"]["pgd"], results["selected_epoch"], run_dir)
     return results

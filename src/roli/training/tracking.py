@@ -38,10 +38,12 @@ class TensorBoard:
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def log(self, row: dict) -> None:
+        """The row's numbers as scalars at its epoch."""
         for k, v in row.items():
             if k != "epoch" and isinstance(v, (int, float)):
                 self.writer.add_scalar(k, v, row["epoch"])
         self.writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file."""
         self.writer.close()

@@ -18,7 +18,7 @@ import torch
 from roli.attacks import build_attack
 from roli.backbones.checkpoints import atomic_save, load_file
 from roli.backbones.normalize import Classifier
-from roli.config import Config, to_dict
+from roli.config import Config, TrainConfig, to_dict
 from roli.data.base import Splits
 from roli.device import oom_hint
 from roli.distributed import barrier, check_batch, data_parallel, global_batches, sharded_loader, world
@@ -35,12 +35,14 @@ SELECT_KEY = {"robust": "val_robust", "clean": "val_clean", "last": "epoch"}
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def rng_state() -> dict:
+    """Every RNG state (Python, numpy, torch, CUDA), loadable with weights_only=True."""
     # numpy's key array is stored as a tensor so the checkpoint loads with weights_only=True.
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
@@ -51,6 +53,7 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() saved."""
     random.setstate(_tuplify(state["python"]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -91,8 +94,54 @@ def load_resume_state(model: Classifier, state: dict, path: Path) -> None:
 
 @dataclass
 class FitResult:
+    """fit()'s epoch rows and the selected (best) epoch's row."""
+
     history: list[dict]
     best: dict
+
+
+def _resume_from(ckpt_path: Path, model: Classifier, optimizer, scheduler, scaler, run_dir: Path
+                 ) -> tuple[list[dict], dict, int]:
+    """checkpoint.pt back into the model, optimiser, schedule, RNG states and fp16 scaler; returns the history so
+    far, the best epoch's row and the number of epochs done."""
+    state = load_file(ckpt_path)
+    load_resume_state(model, state, ckpt_path)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
+    log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    return state["history"], state["best"], state["epoch"]
+
+
+def _epoch_config(train_cfg: TrainConfig, history: list[dict]) -> TrainConfig:
+    """`train` for the next epoch: with on_nonfinite: skip, the run-wide allowance of skipped batches left."""
+    left = train_cfg.max_skipped_batches - sum(r.get("skipped_batches", 0) for r in history)
+    return train_cfg if left == train_cfg.max_skipped_batches else \
+        dataclasses.replace(train_cfg, max_skipped_batches=max(left, 0))
+
+
+def _nonfinite_failure(e: NonFiniteLoss, ckpt_path: Path, train_cfg: TrainConfig) -> TrainingFailed:
+    """The error that stops a run at a non-finite loss: where its last good checkpoint is, and what to change."""
+    return TrainingFailed(
+        f"{e}. Training stopped; the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. "
+        "Lower train.lr, set train.grad_clip, or check the data"
+        + ("." if train_cfg.on_nonfinite == "skip" else
+           "; or set train.on_nonfinite: skip to skip such batches (up to train.max_skipped_batches).")
+    )
+
+
+def _record_epoch(row: dict, history: list[dict], run_dir: Path, board: TensorBoard | None, is_main: bool,
+                  epochs: int) -> None:
+    """The epoch's row in metrics.csv (rank 0), TensorBoard and the log."""
+    if is_main:
+        write_metrics_csv(history, run_dir)
+    if board is not None:
+        board.log(row)
+    log.info("epoch %d/%d: loss %.4f, train acc %.2f, val clean %.2f, val PGD %.2f (%.0f img/s)", row["epoch"],
+             epochs, row["train_loss"], row["train_acc"], row["val_clean"], row["val_robust"],
+             row["train_images_per_s"])
 
 
 def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: bool = False) -> FitResult:
@@ -114,15 +163,7 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
     best: dict = {}
     start = 0
     if resume and ckpt_path.exists():
-        state = load_file(ckpt_path)
-        load_resume_state(model, state, ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        history, best, start = state["history"], state["best"], state["epoch"]
-        log.info("resuming %s after epoch %d", run_dir, start)
+        history, best, start = _resume_from(ckpt_path, model, optimizer, scheduler, scaler, run_dir)
     key = SELECT_KEY[cfg.eval.select]
     board = TensorBoard(run_dir) if cfg.run.tensorboard and w.is_main else None
     for epoch in range(start, train_cfg.epochs):
@@ -130,34 +171,20 @@ def fit(model: Classifier, cfg: Config, splits: Splits, run_dir: Path, resume: b
         loader = sharded_loader(splits.train, cfg.data.batch_size, shuffle=True, seed=seed * 1000 + epoch,
                                 num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda")
         lr_start = optimizer.param_groups[0]["lr"]  # the LR of the epoch's first step
-        # on_nonfinite: skip: the run-wide allowance of skipped batches left for this epoch
-        left = train_cfg.max_skipped_batches - sum(r.get("skipped_batches", 0) for r in history)
-        epoch_cfg = train_cfg if left == train_cfg.max_skipped_batches else \
-            dataclasses.replace(train_cfg, max_skipped_batches=max(left, 0))
+        epoch_cfg = _epoch_config(train_cfg, history)
         try:
             with oom_hint(f"training (epoch {epoch + 1})", "data.batch_size", cfg.data.batch_size):
                 stats = train_one_epoch(model, loader, optimizer, scheduler, train_attack, epoch_cfg, epoch,
                                         precision=precision.train, scaler=scaler, step_model=step_model)
         except NonFiniteLoss as e:
-            raise TrainingFailed(
-                f"{e}. Training stopped; the last good checkpoint is {ckpt_path if ckpt_path.exists() else 'none'}. "
-                "Lower train.lr, set train.grad_clip, or check the data"
-                + ("." if train_cfg.on_nonfinite == "skip" else
-                   "; or set train.on_nonfinite: skip to skip such batches (up to train.max_skipped_batches).")
-            ) from None
+            raise _nonfinite_failure(e, ckpt_path, train_cfg) from None
         with oom_hint(f"validation (epoch {epoch + 1})", "data.eval_batch_size", cfg.data.eval_batch_size):
             val = evaluate(model, val_loader, {"clean": None, "pgd": eval_attack}, early_stop=cfg.eval.early_stop)
         row = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"], **stats,
                "val_clean": val["clean"]["acc"], "val_robust": val["pgd"]["acc"],
                "val_seconds": round(val["clean"]["seconds"] + val["pgd"]["seconds"], 2)}
         history.append(row)
-        if w.is_main:
-            write_metrics_csv(history, run_dir)
-        if board is not None:
-            board.log(row)
-        log.info("epoch %d/%d: loss %.4f, train acc %.2f, val clean %.2f, val PGD %.2f (%.0f img/s)", epoch + 1,
-                 train_cfg.epochs, row["train_loss"], row["train_acc"], row["val_clean"], row["val_robust"],
-                 row["train_images_per_s"])
+        _record_epoch(row, history, run_dir, board, w.is_main, train_cfg.epochs)
         if not best or row[key] > best[key]:  # strictly greater: the first maximum wins (the same on every rank)
             best = dict(row)
             if w.is_main:

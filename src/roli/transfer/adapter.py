@@ -1,4 +1,5 @@
-"""Pfeiffer bottleneck adapters after each transformer block's MLP (protocol §5, "Adapter").
+"""Bottleneck adapters (Houlsby et al., arXiv 1902.00751) after each transformer block's MLP, in Pfeiffer et al.'s
+placement (protocol §5, "Adapter").
 
 Every module with an `.mlp` whose `fc1` is an nn.Linear (timm ViT `Block`, Swin `SwinTransformerBlock`) gets its
 MLP wrapped: `AdapterMlp` keeps the original MLP as `base_layer` (frozen) and returns
@@ -36,6 +37,8 @@ SUPPORTED = "timm VisionTransformer and SwinTransformer backbones (transformer b
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfig(TransferConfig):
+    """The `adapter` method's fields: bottleneck size (as a reduction of the block width) and init."""
+
     name: str = "adapter"
     reduction: int = 8  # bottleneck = block dim // reduction
     adapter_init: Literal["standard", "zero"] = "standard"  # zero = the reference's degenerate all-zero init (B2)
@@ -63,6 +66,7 @@ class Adapter(nn.Module):
             raise ValueError(f"unknown adapter init {init!r}; choose 'standard' or 'zero'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """up(GELU(down(x))), of x's shape."""
         return self.up(self.act(self.down(x)))
 
 
@@ -81,6 +85,7 @@ class AdapterMlp(nn.Module):
         self.adapter = Adapter(dim, dim // reduction, init, device=w.device, dtype=w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """m + adapter(m), m the original MLP's output."""
         m = self.base_layer(x)
         return m + self.adapter(m)
 
@@ -103,18 +108,36 @@ def mlp_blocks(net: nn.Module) -> list[nn.Module]:
 
 @TRANSFER.register("adapter")
 class AdapterMethod(TransferMethod):
+    """Adapters (Houlsby et al., arXiv 1902.00751): a trainable bottleneck MLP (dim -> dim // reduction -> dim,
+    GELU) added residually after every transformer block's MLP; the backbone stays frozen, the adapters and the
+    head train. With the default `standard` init the up-projection starts at zero, so the adapted model equals the
+    pretrained one at step 0.
+
+    Backbones: timm VisionTransformer and SwinTransformer (blocks with an `.mlp`); others raise UnsupportedBackbone.
+
+    Example:
+        Recipe: ``transfer: {name: adapter, reduction: 8}`` (ViT-B: bottleneck 96). Python:
+
+        >>> from roli.transfer.adapter import AdapterConfig
+        >>> model = roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)
+        >>> model = roli.build_transfer(AdapterConfig(reduction=8)).apply(model)  # 18,250 trainable
+    """
+
     config_cls = AdapterConfig
     config: AdapterConfig
 
     def check(self, net: nn.Module) -> None:
+        """Raise UnsupportedBackbone if `net` has no transformer block with an MLP to adapt."""
         if not mlp_blocks(net):
             raise UnsupportedBackbone(
                 f"adapter supports {SUPPORTED}; {type(net).__name__} has no transformer blocks with an MLP"
             )
 
     def inject(self, net: nn.Module) -> None:
+        """Wrap every block's MLP in an AdapterMlp."""
         for block in mlp_blocks(net):
             block.mlp = AdapterMlp(block.mlp, self.config.reduction, self.config.adapter_init)
 
     def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        """The down/up weights and biases of every Adapter."""
         return [p for m in net.modules() if isinstance(m, Adapter) for p in m.parameters()]

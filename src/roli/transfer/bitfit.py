@@ -1,4 +1,5 @@
-"""BitFit (Ben Zaken et al., 2022): train only the bias terms (the reference's `tinytl-bias`, protocol §5).
+"""BitFit (Ben Zaken et al., 2022, arXiv 2106.10199): train only the bias terms (the reference's `tinytl-bias`,
+protocol §5).
 
 The trainable set is chosen by module type, not by name: the parameter `bias` of every nn.Linear, nn.Conv1d/2d/3d,
 LayerNorm, BatchNorm and GroupNorm module (timm subclasses such as LayerNorm2d or BatchNormAct2d included), plus
@@ -27,26 +28,42 @@ BIAS_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn
 
 @dataclass(frozen=True, kw_only=True)
 class BitFitConfig(TransferConfig):
+    """The `bitfit` method's one field: whether Swin's relative position tables train too."""
+
     name: str = "bitfit"
     include_rel_pos_bias: bool = False  # also train Swin's relative_position_bias_table (the reference, B9)
 
 
 def layer_biases(net: nn.Module) -> list[nn.Parameter]:
+    """The `bias` parameters of the Linear, Conv and normalisation layers of `net` (BIAS_MODULES)."""
     return [m.bias for m in net.modules()
             if isinstance(m, BIAS_MODULES) and isinstance(getattr(m, "bias", None), nn.Parameter)]
 
 
 def relative_position_tables(net: nn.Module) -> list[nn.Parameter]:
+    """Every `relative_position_bias_table` of `net` (Swin's attention position biases)."""
     return [m.relative_position_bias_table for m in net.modules()
             if isinstance(getattr(m, "relative_position_bias_table", None), nn.Parameter)]
 
 
 @TRANSFER.register("bitfit")
 class BitFit(TransferMethod):
+    """BitFit (Ben Zaken et al., arXiv 2106.10199): only the bias terms of the backbone's layers train, with the
+    head; every weight stays frozen. Works on any backbone (chosen by module type, see the module docstring).
+
+    Example:
+        Recipe: ``transfer: {name: bitfit}``; ``transfer: {name: bitfit, include_rel_pos_bias: true}`` also trains
+        Swin's relative position tables, as the reference did. Python:
+
+        >>> from roli.transfer.bitfit import BitFitConfig
+        >>> model = roli.build_transfer(BitFitConfig()).apply(model)
+    """
+
     config_cls = BitFitConfig
     config: BitFitConfig
 
     def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        """The layer biases, plus Swin's position tables with `include_rel_pos_bias`."""
         params = layer_biases(net)
         if self.config.include_rel_pos_bias:
             params += relative_position_tables(net)

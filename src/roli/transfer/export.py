@@ -48,6 +48,8 @@ def merged_net(model: nn.Module, method: str) -> nn.Module:
 
 
 def sidecar(cfg: Config, model: nn.Module, ckpt: dict, results: dict | None, fmt: str) -> dict:
+    """The export's JSON sidecar: architecture, classes, normalisation, input size, threat model, method, the run's
+    metrics and config, and how to load the file in format `fmt`."""
     norm = model.normalize
     return {
         "format": fmt, "arch": timm_arch(cfg), "num_classes": ckpt["num_classes"], "classifier": ckpt["classifier"],

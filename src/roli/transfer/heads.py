@@ -41,6 +41,9 @@ def head_state(checkpoint: str) -> dict[str, torch.Tensor]:
 
 
 def init_roli(model: Classifier, state: dict[str, torch.Tensor], source: str = "stage 1") -> None:
+    """RoLI's head init (Hua et al., arXiv 2312.05716): load the stage-1 robust linear probe's head `state` (see
+    `head_state`). Keys and shapes must match the model's head (same backbone and classes), else HeadError naming
+    `source`."""
     head = model.head
     own = head.state_dict()
     if set(own) != set(state):

@@ -1,4 +1,5 @@
-"""LoRA (Hu et al., 2022) on the attention query and value projections, as in the reference (protocol §5).
+"""LoRA (Hu et al., 2022, arXiv 2106.09685) on the attention query and value projections, as in the reference
+(protocol §5).
 
 timm fuses q, k and v into one `qkv` nn.Linear (ViT `Attention.qkv`, Swin `WindowAttention.qkv`), whose output
 is [q | k | v] along the last dimension. peft cannot target a q or v *slice* of that fused layer cleanly, so this
@@ -46,6 +47,8 @@ _SLOT = {"q": 0, "k": 1, "v": 2}
 
 @dataclass(frozen=True, kw_only=True)
 class LoraConfig(TransferConfig):
+    """The `lora` method's fields: rank, scale, dropout and which of q, k, v are adapted."""
+
     name: str = "lora"
     rank: int = 16  # r: rank of each low-rank update
     alpha: float = 16.0  # the update is scaled by alpha / rank
@@ -88,12 +91,15 @@ class LoRAQKV(nn.Module):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
 
     def lora_parameters(self) -> list[nn.Parameter]:
+        """The A and B matrices of every target: what trains."""
         return [*self.lora_A.values(), *self.lora_B.values()]
 
     def delta_weight(self, target: str) -> torch.Tensor:
+        """scale * B @ A: the update of `target`'s (slice_dim, in_features) block of the qkv weight."""
         return self.scale * self.lora_B[target] @ self.lora_A[target]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """base_layer(x) with each target's low-rank update added to its q, k or v slice."""
         parts = list(self.base_layer(x).split(self.slice_dim, dim=-1))
         h = self.drop(x)
         for t in self.targets:
@@ -119,6 +125,7 @@ class LoRAQKV(nn.Module):
         return merged
 
     def extra_repr(self) -> str:
+        """Targets, rank and scale, for print(model)."""
         return f"targets={list(self.targets)}, rank={self.rank}, scale={self.scale:g}"
 
 
@@ -137,19 +144,37 @@ def merge_lora(net: nn.Module) -> nn.Module:
 
 @TRANSFER.register("lora")
 class LoRA(TransferMethod):
+    """LoRA (Hu et al., arXiv 2106.09685): the frozen fused qkv projection of every attention layer gets a trainable
+    low-rank update (alpha / rank) * B A on its q and v slices (`targets`); B starts at zero, so the model equals the
+    pretrained one at step 0. The A/B matrices and the head train; `merge_lora` folds the update in for deployment.
+
+    Backbones: timm VisionTransformer and SwinTransformer; others raise UnsupportedBackbone.
+
+    Example:
+        Recipe: ``transfer: {name: lora, rank: 8}`` (defaults: rank 16, alpha 16, dropout 0.1, targets [q, v]).
+        Python:
+
+        >>> from roli.transfer.lora import LoraConfig
+        >>> model = roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)
+        >>> model = roli.build_transfer(LoraConfig(rank=8)).apply(model)  # 17,674 trainable
+    """
+
     config_cls = LoraConfig
     config: LoraConfig
 
     def check(self, net: nn.Module) -> None:
+        """Raise UnsupportedBackbone if `net` has no supported attention with a fused qkv Linear."""
         if not qkv_owners(net):
             raise UnsupportedBackbone(
                 f"lora supports {SUPPORTED}; {type(net).__name__} has no fused qkv attention to adapt"
             )
 
     def inject(self, net: nn.Module) -> None:
+        """Replace every attention's qkv Linear by a LoRAQKV around it."""
         c = self.config
         for owner in qkv_owners(net):
             owner.qkv = LoRAQKV(owner.qkv, rank=c.rank, alpha=c.alpha, dropout=c.dropout, targets=c.targets)
 
     def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
+        """The A/B matrices of every LoRAQKV."""
         return [p for m in net.modules() if isinstance(m, LoRAQKV) for p in m.lora_parameters()]

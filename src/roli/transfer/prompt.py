@@ -1,4 +1,5 @@
-"""Visual prompt tuning (Jia et al., 2022): `vpt_deep` and `vpt_shallow` for timm VisionTransformer and SwinTransformer.
+"""Visual prompt tuning (Jia et al., 2022, arXiv 2203.12119): `vpt_deep` and `vpt_shallow` for timm
+VisionTransformer and SwinTransformer.
 
 The method picks the injection by backbone type. ViT: `num_tokens` learnable prompt tokens are inserted after the
 prefix tokens (class and any register tokens) and before the patch tokens:
@@ -49,6 +50,8 @@ SUPPORTED = "timm VisionTransformer (e.g. vit_tiny_28, vit_base_patch16_224) and
 
 @dataclass(frozen=True, kw_only=True)
 class PromptConfig(TransferConfig):
+    """`vpt_deep`'s fields: T prompt tokens (per block) and the prompt dropout; `vpt_shallow` has the same."""
+
     name: str = "vpt_deep"
     num_tokens: int = 10  # prompt tokens T (per block for vpt_deep)
     dropout: float = 0.1  # dropout on the prompt tokens, train mode only
@@ -62,6 +65,8 @@ class PromptConfig(TransferConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class ShallowPromptConfig(PromptConfig):
+    """PromptConfig for `vpt_shallow` (the same fields)."""
+
     name: str = "vpt_shallow"
 
 
@@ -80,6 +85,8 @@ class PromptedBlock(nn.Module):
         self.prompt_dropout = nn.Dropout(dropout) if prompt is not None and dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Insert (or replace) this block's prompt after the prefix tokens of x (B, N, dim), run the block, then drop
+        the prompt tokens if this is the last block."""
         n, t = self.num_prefix_tokens, self.num_tokens
         if self.prompt is not None:
             p = self.prompt_dropout(self.prompt.expand(x.shape[0], -1, -1).to(x.dtype))
@@ -91,6 +98,7 @@ class PromptedBlock(nn.Module):
         return x
 
     def extra_repr(self) -> str:
+        """The prompt's shape and the replace/remove flags, for print(model)."""
         return f"prompt={None if self.prompt is None else tuple(self.prompt.shape)}, replace={self.replace}, " \
                f"remove={self.remove}"
 
@@ -141,10 +149,37 @@ class _VPT(TransferMethod):
 
 @TRANSFER.register("vpt_deep")
 class VPTDeep(_VPT):
+    """VPT-Deep (Jia et al., arXiv 2203.12119): `num_tokens` learnable prompt tokens per transformer block, each
+    block's replacing the previous block's prompt outputs; the backbone stays frozen, the prompts and the head
+    train. The prompts are dropped after the last block, so pooling and output shape are the plain model's.
+
+    Backbones: timm VisionTransformer (prompts after the class/prefix tokens) and SwinTransformer (prompts join every
+    window's attention, see roli.transfer.prompt_swin); others raise UnsupportedBackbone.
+
+    Example:
+        Recipe: ``transfer: {name: vpt_deep, num_tokens: 10}`` (ViT-B: 12 x 10 x 768 prompt parameters). Python:
+
+        >>> from roli.transfer.prompt import PromptConfig
+        >>> model = roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)
+        >>> model = roli.build_transfer(PromptConfig(num_tokens=10)).apply(model)  # 6,410 trainable
+    """
+
     deep = True
 
 
 @TRANSFER.register("vpt_shallow")
 class VPTShallow(_VPT):
+    """VPT-Shallow (Jia et al., arXiv 2203.12119): one set of `num_tokens` learnable prompt tokens inserted before the
+    first block, which then flow through every block; the backbone stays frozen, the prompt and the head train.
+
+    Backbones: timm VisionTransformer and SwinTransformer; others raise UnsupportedBackbone.
+
+    Example:
+        Recipe: ``transfer: {name: vpt_shallow, num_tokens: 10}``. Python:
+
+        >>> from roli.transfer.prompt import ShallowPromptConfig
+        >>> model = roli.build_transfer(ShallowPromptConfig(num_tokens=10)).apply(model)
+    """
+
     config_cls = ShallowPromptConfig
     deep = False

@@ -54,6 +54,8 @@ class PromptedSwinBlock(nn.Module):
         self.prompt_dropout = nn.Dropout(dropout) if prompt is not None and dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor | Pair) -> torch.Tensor | Pair:
+        """x or (x, prompts) in; (x, prompts) out, or x alone after the model's last block. A block with its own
+        prompt uses it instead of the incoming one."""
         x, p = x if isinstance(x, tuple) else (x, None)
         if self.prompt is not None:
             p = self.prompt_dropout(self.prompt.expand(x.shape[0], -1, -1).to(x.dtype))
@@ -64,6 +66,8 @@ class PromptedSwinBlock(nn.Module):
         return x if self.remove else (x, p)
 
     def forward_prompted(self, x: torch.Tensor, p: torch.Tensor) -> Pair:
+        """The block on x (B, H, W, C) and prompts (B, T, C) together: attention with the prompts in every window,
+        then the residuals, norm2 and MLP as timm's block applies them; returns both, shapes unchanged."""
         blk = self.base_layer
         B, H, W, C = x.shape
         t = p.shape[1]
@@ -113,6 +117,7 @@ class PromptedSwinBlock(nn.Module):
         return bias
 
     def extra_repr(self) -> str:
+        """The prompt's shape and the remove flag, for print(model)."""
         return f"prompt={None if self.prompt is None else tuple(self.prompt.shape)}, remove={self.remove}"
 
 
@@ -124,6 +129,7 @@ class PromptedPatchMerging(nn.Module):
         self.base_layer = base_layer
 
     def forward(self, x: torch.Tensor | Pair) -> torch.Tensor | Pair:
+        """timm's merge of x; prompts (B, T, C), if carried, are tiled to 4C and reduced to 2C alongside."""
         if not isinstance(x, tuple):
             return self.base_layer(x)
         x, p = x
@@ -132,6 +138,8 @@ class PromptedPatchMerging(nn.Module):
 
 
 def check_swin(net: SwinTransformer, method: str) -> None:
+    """Raise UnsupportedBackbone unless `net` has the layout these prompts wrap: timm SwinTransformerStages of
+    SwinTransformerBlocks with PatchMerging (or none), not prompted yet, without gradient checkpointing."""
     stages = net.layers
     if not isinstance(stages, nn.Sequential) or len(stages) == 0 or \
             not all(isinstance(s, SwinTransformerStage) for s in stages):

@@ -8,8 +8,8 @@ import pytest
 
 from roli.cli.main import main
 from roli.config import ConfigError, dump_config, load_config
-from roli.training import tune as tune_mod
-from roli.training.tune import parse_lrs, tune
+from roli.sweep import tune as tune_mod
+from roli.sweep.tune import parse_lrs, tune
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

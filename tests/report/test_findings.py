@@ -1,4 +1,4 @@
-"""roli.evaluation.findings: the statistics against scipy's (and by hand), the verdicts, the missing-group and AA
+"""roli.report findings: the statistics against scipy's (and by hand), the verdicts, the missing-group and AA
 rules, JSON output and spec validation."""
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ import pytest
 from scipy import stats
 
 from roli.errors import ConfigError, ResultsError
-from roli.evaluation import findings as F
+from roli.report.findings import finding_backbone, finding_linear_vs_full, finding_roli, findings
+from roli.report.markdown import findings_markdown, md_table
+from roli.report.quirks import compare_quirks
+from roli.report.sections import HEADINGS, sections, significance
+from roli.report.spec import load_spec
+from roli.report.stats import paired, sign_flip, welch
+from roli.report.wording import pvalue
 
 METHODS = ["linear_probe", "full_finetune", "lora", "adapter"]
 
@@ -43,7 +49,7 @@ def roli_groups(d_clean, d_pgd, base=(80.0, 81.5, 79.2), pgd=(50.0, 48.7, 51.3))
 
 def test_welch_matches_scipy():
     a, b = [50.1, 52.3, 49.8], [30.2, 28.9, 33.5, 31.0]
-    w = F.welch(a, b)
+    w = welch(a, b)
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert w["t"] == pytest.approx(ref.statistic) and w["p"] == pytest.approx(ref.pvalue)
     assert w["df"] == pytest.approx(ref.df)
@@ -54,13 +60,13 @@ def test_welch_matches_scipy():
 
 
 def test_welch_without_two_seeds_per_side_does_not_test():
-    w = F.welch([50.0], [30.0, 31.0])
+    w = welch([50.0], [30.0, 31.0])
     assert w["p"] is None and w["note"] == "n=1, no test" and w["diff"] == pytest.approx(19.5)
 
 
 def test_paired_matches_scipy_ttest_rel():
     a, b = [81.2, 79.9, 83.4, 80.0], [78.0, 78.4, 80.1, 79.5]
-    s = F.paired(a, b)
+    s = paired(a, b)
     ref = stats.ttest_rel(a, b)
     assert s["t"] == pytest.approx(ref.statistic) and s["p"] == pytest.approx(ref.pvalue) and s["df"] == 3
     assert s["ci"] == pytest.approx(list(ref.confidence_interval(0.95)))
@@ -70,28 +76,28 @@ def test_paired_matches_scipy_ttest_rel():
 
 
 def test_paired_by_hand_with_two_seeds_has_one_df():
-    s = F.paired([3.0, 5.0], [1.0, 1.0])  # d = [2, 4]: mean 3, sd sqrt(2), se 1, t = 3 with 1 df
+    s = paired([3.0, 5.0], [1.0, 1.0])  # d = [2, 4]: mean 3, sd sqrt(2), se 1, t = 3 with 1 df
     assert s["t"] == pytest.approx(3.0) and s["df"] == 1 and "1 df" in s["note"]
     assert s["p"] == pytest.approx(2 * (0.5 - np.arctan(3.0) / np.pi))  # Cauchy tail: t with 1 df
-    one = F.paired([3.0], [1.0])
+    one = paired([3.0], [1.0])
     assert one["p"] is None and one["note"] == "n=1, no test"
 
 
 def test_sign_flip_exact_tiny_cases():
-    assert F.sign_flip([1, 2, 3]) == pytest.approx(2 / 8)
-    assert F.sign_flip([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)
-    assert F.sign_flip([1, 2, -3]) == pytest.approx(1.0)  # observed sum 0: every pattern is as extreme
+    assert sign_flip([1, 2, 3]) == pytest.approx(2 / 8)
+    assert sign_flip([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)
+    assert sign_flip([1, 2, -3]) == pytest.approx(1.0)  # observed sum 0: every pattern is as extreme
     d = [0.5, 1.3, -0.2, 2.1, 0.7]
     sums = [abs(sum(s * x for s, x in zip(signs, d))) for signs in itertools.product([1, -1], repeat=len(d))]
-    assert F.sign_flip(d) == pytest.approx(np.mean([x >= abs(sum(d)) - 1e-12 for x in sums]))
+    assert sign_flip(d) == pytest.approx(np.mean([x >= abs(sum(d)) - 1e-12 for x in sums]))
 
 
 def test_sign_flip_draws_seeded_patterns_above_twenty():
     d = np.ones(25)  # exact p = 2 / 2^25; the Monte Carlo estimate is (hits + 1) / (draws + 1)
-    assert F.sign_flip(d, draws=1000) == pytest.approx(1 / 1001)
+    assert sign_flip(d, draws=1000) == pytest.approx(1 / 1001)
     mixed = np.linspace(-1, 1.2, 25)
-    assert F.sign_flip(mixed, draws=2000) == F.sign_flip(mixed, draws=2000)  # seeded
-    assert 0 < F.sign_flip(mixed, draws=2000) <= 1
+    assert sign_flip(mixed, draws=2000) == sign_flip(mixed, draws=2000)  # seeded
+    assert 0 < sign_flip(mixed, draws=2000) <= 1
 
 
 # ------------------------------------------------------------------------------------------------ finding 3
@@ -104,7 +110,7 @@ def test_sign_flip_draws_seeded_patterns_above_twenty():
 ])
 def test_roli_pooled_verdicts_and_p_values(d_clean, expected):
     d_pgd = [2.0, 2.5, 1.8, 2.9, 2.2, 2.6]
-    r = F.finding_roli(roli_groups(d_clean, d_pgd), spec(paper={"roli_gain_clean": 3.88, "roli_gain_pgd": 2.44}))
+    r = finding_roli(roli_groups(d_clean, d_pgd), spec(paper={"roli_gain_clean": 3.88, "roli_gain_pgd": 2.44}))
     clean = r["pooled"]["clean"]
     ref = stats.ttest_1samp(d_clean, 0.0)
     assert clean["verdict"] == expected and clean["n"] == 6
@@ -119,14 +125,14 @@ def test_roli_pooled_verdicts_and_p_values(d_clean, expected):
                                                       [80.0, 81.5, 79.2]).pvalue)
     assert expected in r["sentence"] and "paper +3.88" in r["sentence"]
     assert [m["method"] for m in r["methods"]] == ["full_finetune", "lora", "adapter"]  # no linear probe RoLI
-    assert r["missing"] == ["robust-adapter-ranli", "robust-adapter-roli"] and "adapter" in F.markdown(
-        F.findings(roli_groups(d_clean, d_pgd), spec()))
+    assert r["missing"] == ["robust-adapter-ranli", "robust-adapter-roli"] and "adapter" in findings_markdown(
+        findings(roli_groups(d_clean, d_pgd), spec()))
 
 
 def test_roli_pairs_only_seeds_in_both_groups():
     g = {"robust-lora-ranli": group([80.0, 81.0, 82.0], [50.0, 51.0, 52.0], seeds=[0, 1, 2]),
          "robust-lora-roli": group([84.0, 83.0, 85.0], [52.0, 54.0, 53.0], seeds=[1, 2, 3])}
-    row = F.finding_roli(g, spec(methods=["lora"]))["methods"][0]
+    row = finding_roli(g, spec(methods=["lora"]))["methods"][0]
     assert row["seeds"] == [1, 2] and row["unpaired_seeds"] == [0, 3]
     clean = row["metrics"]["clean"]
     assert clean["n"] == 2 and clean["df"] == 1 and "1 df" in clean["note"]
@@ -147,7 +153,7 @@ def lp_ft(lp_pgd, ft_pgd, lp_clean=(70.0, 71.0, 72.0), ft_clean=(70.5, 71.5, 71.
     ([35.0, 35.5, 36.0], [40.0, 40.4, 39.8], "does not hold", "does not hold"),
 ])
 def test_linear_vs_full_verdicts(lp_pgd, ft_pgd, expected, status):
-    r = F.finding_linear_vs_full(lp_ft(lp_pgd, ft_pgd), spec())
+    r = finding_linear_vs_full(lp_ft(lp_pgd, ft_pgd), spec())
     pgd = r["metrics"]["pgd"]
     assert pgd["verdict"] == expected and r["status"] == status
     assert pgd["p"] == pytest.approx(stats.ttest_ind(lp_pgd, ft_pgd, equal_var=False).pvalue)
@@ -156,16 +162,16 @@ def test_linear_vs_full_verdicts(lp_pgd, ft_pgd, expected, status):
 
 
 def test_linear_vs_full_wide_ci_is_called_underpowered():
-    r = F.finding_linear_vs_full(lp_ft([40.0, 50.0, 45.0], [44.0, 47.0, 41.0]), spec())
+    r = finding_linear_vs_full(lp_ft([40.0, 50.0, 45.0], [44.0, 47.0, 41.0]), spec())
     pgd = r["metrics"]["pgd"]
     assert pgd["verdict"] == "matches" and pgd["underpowered"] and (pgd["ci"][1] - pgd["ci"][0]) / 2 > 3
     assert "underpowered" in r["sentence"]
-    tight = F.finding_linear_vs_full(lp_ft([45.0, 45.2, 44.9], [45.1, 44.9, 45.0]), spec())["metrics"]["pgd"]
+    tight = finding_linear_vs_full(lp_ft([45.0, 45.2, 44.9], [45.1, 44.9, 45.0]), spec())["metrics"]["pgd"]
     assert tight["verdict"] == "matches" and not tight["underpowered"]
 
 
 def test_linear_vs_full_with_one_seed_is_untested():
-    r = F.finding_linear_vs_full({"robust-linear_probe-ranli": group([70.0], [45.0]),
+    r = finding_linear_vs_full({"robust-linear_probe-ranli": group([70.0], [45.0]),
                                   "robust-full_finetune-ranli": group([71.0], [40.0])}, spec())
     assert r["status"] == "untested" and r["metrics"]["pgd"]["note"] == "n=1, no test"
     assert "n=1, no test" in r["sentence"]
@@ -185,7 +191,7 @@ def backbone_groups(lora_std_pgd=(30.0, 31.0, 29.5)):
 
 
 def test_backbone_holds_when_every_peft_method_is_far_ahead():
-    r = F.finding_backbone(backbone_groups(), spec())
+    r = finding_backbone(backbone_groups(), spec())
     assert r["status"] == "holds", r["sentence"]
     lora = next(m for m in r["methods"] if m["method"] == "lora")
     ref = stats.ttest_ind([50.0, 51.0, 52.0], [30.0, 31.0, 29.5], equal_var=False)
@@ -197,16 +203,16 @@ def test_backbone_holds_when_every_peft_method_is_far_ahead():
 
 
 def test_backbone_does_not_hold_when_a_peft_method_is_close():
-    r = F.finding_backbone(backbone_groups(lora_std_pgd=(45.0, 46.0, 44.0)), spec())
+    r = finding_backbone(backbone_groups(lora_std_pgd=(45.0, 46.0, 44.0)), spec())
     assert r["status"] == "does not hold" and "lora" in r["sentence"]
 
 
 def test_backbone_margin_alone_decides_with_one_seed():
     g = {"robust-lora-ranli": group([80.0], [50.0]), "standard-lora-ranli": group([85.0], [30.0])}
-    r = F.finding_backbone(g, spec(methods=["lora"]))
+    r = finding_backbone(g, spec(methods=["lora"]))
     w = r["methods"][0]["metrics"]["pgd"]
     assert w["note"] == "n=1, no test" and w["large"] and r["status"] == "holds"
-    assert F.finding_backbone(g, spec(methods=["lora"], margin=25))["status"] == "does not hold"
+    assert finding_backbone(g, spec(methods=["lora"], margin=25))["status"] == "does not hold"
 
 
 # ------------------------------------------------------------------------------------------------ quirks
@@ -217,7 +223,7 @@ def test_quirk_comparison_is_variant_minus_default_paired_by_seed():
          "quirk-adapter_zero-ranli": group([77.0, 78.2, 75.9], [47.0, 48.1, 46.4], seeds=[0, 1, 2])}
     s = spec(compare=[{"name": "adapter all-zero init (B2)", "default": "robust-adapter-ranli",
                        "variant": "quirk-adapter_zero-ranli"}])
-    (e,) = F.compare_quirks(g, s)
+    (e,) = compare_quirks(g, s)
     clean = e["metrics"]["clean"]
     ref = stats.ttest_rel([77.0, 78.2, 75.9], [80.0, 81.0, 79.0])
     assert clean["mean"] == pytest.approx(-2.9666667) and clean["p"] == pytest.approx(ref.pvalue)
@@ -230,10 +236,10 @@ def test_quirk_comparison_is_variant_minus_default_paired_by_seed():
 
 def test_missing_groups_say_not_run():
     s = spec(compare=[{"name": "B2", "default": "robust-adapter-ranli", "variant": "quirk-x"}])
-    r = F.findings({}, s)
+    r = findings({}, s)
     assert r["backbone"]["status"] == r["linear_vs_full"]["status"] == r["roli"]["status"] == "not run"
     assert r["quirks"][0]["status"] == "not run"
-    md = F.markdown(r)
+    md = findings_markdown(r)
     for name in ("standard-lora-ranli", "robust-linear_probe-ranli", "robust-lora-roli", "quirk-x"):
         assert name in md
     assert md.count("Not run") >= 3
@@ -243,12 +249,12 @@ def test_aa_only_when_every_seed_has_it():
     partial = {
         "robust-linear_probe-ranli": group([70.0, 71.0, 72.0], [45.0, 46.0, 44.0], aa=[40.0, None, 41.0]),
         "robust-full_finetune-ranli": group([70.0, 71.0, 72.0], [45.0, 46.0, 44.0], aa=[40.0, 39.0, 41.0])}
-    some = F.finding_linear_vs_full(partial, spec())
+    some = finding_linear_vs_full(partial, spec())
     assert "aa" not in some["metrics"] and "AA left out" in some["aa_note"]
-    assert "AA left out" in F.markdown(F.findings(partial, spec()))
-    none = F.finding_linear_vs_full(lp_ft([45.0, 46.0, 44.0], [45.0, 46.0, 44.0]), spec())
+    assert "AA left out" in findings_markdown(findings(partial, spec()))
+    none = finding_linear_vs_full(lp_ft([45.0, 46.0, 44.0], [45.0, 46.0, 44.0]), spec())
     assert "aa" not in none["metrics"] and none["aa_note"] is None  # no AA at all: nothing to explain
-    every = F.finding_linear_vs_full({
+    every = finding_linear_vs_full({
         "robust-linear_probe-ranli": group([70.0, 71.0, 72.0], [45.0, 46.0, 44.0], aa=[40.0, 42.0, 41.0]),
         "robust-full_finetune-ranli": group([70.0, 71.0, 72.0], [45.0, 46.0, 44.0], aa=[40.0, 39.0, 41.0])}, spec())
     assert every["metrics"]["aa"]["diff"] == pytest.approx(1.0)
@@ -259,7 +265,7 @@ def test_pooled_aa_needs_every_method_to_have_it():
     for k in ("robust-full_finetune-ranli", "robust-full_finetune-roli"):
         for i, rec in enumerate(g[k]):
             rec["aa"] = 40.0 + i + (1.0 if k.endswith("roli") else 0.0)
-    r = F.finding_roli(g, spec())
+    r = finding_roli(g, spec())
     assert "aa" in r["methods"][0]["metrics"] and "aa" not in r["methods"][1]["metrics"]
     assert "not pooled" in r["pooled"]["aa"]["note"] and "lora" in r["pooled"]["aa"]["note"]
 
@@ -270,10 +276,10 @@ def test_pooled_aa_needs_every_method_to_have_it():
 def test_result_is_json_and_markdown_formats_numbers():
     g = {**backbone_groups(), **lp_ft([45.0, 45.5, 46.0], [40.0, 40.4, 39.8]),  # the RoLI groups replace theirs
          **roli_groups([3.1, 2.9, 3.5, 2.7, 3.3, 3.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0])}  # zero-variance PGD gain
-    r = F.findings(g, spec(paper={"roli_gain_clean": 3.88}))
+    r = findings(g, spec(paper={"roli_gain_clean": 3.88}))
     assert json.loads(json.dumps(r, allow_nan=False)) == r
     assert r["roli"]["pooled"]["pgd"]["note"] == "zero variance, no test" and r["roli"]["pooled"]["pgd"]["p"] is None
-    md = F.markdown(r)
+    md = findings_markdown(r)
     assert md.startswith("# Paper findings") and md.count("## Finding") == 3 and "p < 0.001" in md
     assert "+3.08" in md  # mean clean gain 3.0833, two decimals
 
@@ -284,10 +290,10 @@ def test_sections_lay_out_what_markdown_writes():
          "quirk-lora-ranli": group([80.5, 81.0, 79.0], [50.0, 49.0, 51.0])}
     s = spec(compare=[{"name": "B2", "default": "robust-lora-ranli", "variant": "quirk-lora-ranli"}],
              discussion={"roli": "Why."})
-    r = F.findings(g, s)
-    parts = F.sections(r)
+    r = findings(g, s)
+    parts = sections(r)
     assert [p["key"] for p in parts] == ["backbone", "linear_vs_full", "roli", "quirks"]
-    assert [p["heading"] for p in parts] == list(F.HEADINGS.values())
+    assert [p["heading"] for p in parts] == list(HEADINGS.values())
     assert [p["discussion"] for p in parts] == [None, None, "Why.", None]
     roli, quirks = parts[2], parts[3]
     assert roli["sentence"] == r["roli"]["sentence"] and roli["status"] == r["roli"]["status"]
@@ -296,13 +302,13 @@ def test_sections_lay_out_what_markdown_writes():
     (quirk,) = quirks["parts"]
     assert quirk["heading"] == "B2" and quirk["sentence"] == r["quirks"][0]["sentence"]
     assert quirk["tables"][0]["header"][2] == "variant - default (mean ± std)"
-    md = F.markdown(r)
+    md = findings_markdown(r)
     for p in parts:
         assert f"\n## {p['heading']}\n" in md
         for t in p["tables"]:
             assert "| " + " | ".join(t["header"]) + " |" in md
-    assert "\n### B2\n" in md and F.significance(r["spec"]) in md
-    nested = F.markdown(r, level=3)  # as the report nests them under its "## Findings"
+    assert "\n### B2\n" in md and significance(r["spec"]) in md
+    nested = findings_markdown(r, level=3)  # as the report nests them under its "## Findings"
     assert "\n### Finding 1. " in nested and "\n#### B2\n" in nested and "\n## " not in nested
 
 
@@ -313,7 +319,7 @@ def test_a_bar_in_a_name_keeps_the_tables_columns():
     g["quirk-lo|ra-ranli"] = group([80.5, 81.0, 79.0], [50.0, 49.0, 51.0])
     s = spec(methods=["full_finetune", "lo|ra"],
              compare=[{"name": "B2 | zero", "default": "robust-lo|ra-ranli", "variant": "quirk-lo|ra-ranli"}])
-    md = F.markdown(F.findings(g, s))
+    md = findings_markdown(findings(g, s))
     assert "\n### B2 | zero\n" in md and "| lo\\|ra | clean |" in md
     tables, table = [], None
     for line in md.splitlines():
@@ -324,12 +330,12 @@ def test_a_bar_in_a_name_keeps_the_tables_columns():
         else:
             table = None
     assert len(tables) == 4 and all(len(set(t)) == 1 for t in tables)  # findings 1, 3 (two) and the quirk
-    assert F.md_table(["a", "b|c"], [["x|y", "z"]]) == ["| a | b\\|c |", "|---|---|", "| x\\|y | z |"]
+    assert md_table(["a", "b|c"], [["x|y", "z"]]) == ["| a | b\\|c |", "|---|---|", "| x\\|y | z |"]
 
 
 def test_p_value_format():
-    assert F._p(0.0004) == "p < 0.001" and F._p(0.25) == "p = 0.250" and F._p(0.012345) == "p = 0.0123"
-    assert F._p(None) == "no test"
+    assert pvalue(0.0004) == "p < 0.001" and pvalue(0.25) == "p = 0.250" and pvalue(0.012345) == "p = 0.0123"
+    assert pvalue(None) == "no test"
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -354,19 +360,19 @@ def test_p_value_format():
 ])
 def test_bad_spec_raises_config_error_naming_the_key(bad, key):
     with pytest.raises(ConfigError, match=key) as e:
-        F.findings({}, bad)
+        findings({}, bad)
     assert "\n" not in str(e.value) and str(e.value).startswith("findings spec:")
 
 
 def test_load_spec_reads_yaml_and_names_the_file(tmp_path):
     good = tmp_path / "findings.yaml"
     good.write_text("robust: robust\nstandard: standard\nmethods: [lora]\npaper: {roli_gain_clean: 3.88}\n")
-    s = F.load_spec(good)
+    s = load_spec(good)
     assert s["alpha"] == 0.05 and s["margin"] == 10.0 and s["paper"] == {"roli_gain_clean": 3.88}
     bad = tmp_path / "bad.yaml"
     bad.write_text("robust: robust\nstandard: standard\nmethods: [lora]\nalpha: 5\n")
     with pytest.raises(ConfigError, match="bad.yaml.*alpha"):
-        F.load_spec(bad)
+        load_spec(bad)
 
 
 @pytest.mark.parametrize("groups,what", [
@@ -376,4 +382,4 @@ def test_load_spec_reads_yaml_and_names_the_file(tmp_path):
 ])
 def test_unreadable_records_raise_results_error(groups, what):
     with pytest.raises(ResultsError, match=what):
-        F.findings(groups, spec())
+        findings(groups, spec())

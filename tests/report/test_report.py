@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from roli.evaluation.checks import check_ordering
-from roli.evaluation.report import collect, write_report
+from roli.evaluation.ordering import check_ordering
+from roli.report.collect import collect
+from roli.report.write import write_report
 from roli.training.pipeline import run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -217,7 +218,7 @@ def _csv_rows(out: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 
 def test_sanity_lines_count_checks_in_words():
-    from roli.evaluation.report import sanity_lines
+    from roli.report.tables import sanity_lines
 
     def text(passed, failed=0, checked=1, unchecked=()):
         fails = [{"run": "r-s0", "name": "finite", "file": "e.json", "message": "nan"}] * failed
@@ -233,7 +234,7 @@ def test_sanity_lines_count_checks_in_words():
 
 
 def test_run_threat_current_and_older_results():
-    from roli.evaluation.report import run_threat
+    from roli.report.collect import run_threat
 
     assert run_threat({"config": {"threat": {"norm": "l2", "eps": 0.5}, "attack": {"name": "pgd"}}}) == ("l2", 0.5)
     assert run_threat({"config": {"attack": {"norm": "linf", "eps": EPS8}}}) == ("linf", EPS8)
@@ -266,7 +267,7 @@ def test_only_other_eps_autoattack_shows_no_number(tmp_path, caplog):
     run_dir = _write_run(tmp_path / "runs" / "r8")
     other = _write_eval(run_dir, "full", started="2024-02-01T00:00:00+00:00", acc=60.0, eps=EPS4)
 
-    with caplog.at_level("WARNING", logger="roli.evaluation.report"):
+    with caplog.at_level("WARNING", logger="roli.report.collect"):
         text = write_report(tmp_path / "out", [run_dir]).read_text()
     head, _ = _md_table(text)
     assert "test AA" not in head and "AA version" not in head and "60.00" not in text
@@ -325,7 +326,7 @@ def test_current_and_older_results_json(tmp_path, style):
 
 
 def test_eval_threat_top_level_and_eps_tolerance(tmp_path):
-    from roli.evaluation.report import on_threat
+    from roli.report.collect import on_threat
 
     run_dir = _write_run(tmp_path / "runs" / "r8")
     # refactored eval JSON: the threat model at the top level, none in the AutoAttack settings

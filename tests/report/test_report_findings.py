@@ -14,9 +14,12 @@ import yaml
 
 from roli.cli.main import main
 from roli.errors import ConfigError, ResultsError
-from roli.evaluation.findings import findings, load_spec, validate_spec
-from roli.evaluation.groups import groups
-from roli.evaluation.report import archive, collect, cost_table, write_report
+from roli.report.findings import findings
+from roli.report.spec import load_spec, validate_spec
+from roli.report.groups import groups
+from roli.report.collect import collect
+from roli.report.tables import cost_table
+from roli.report.write import archive, write_report
 
 SPEC = {"title": "tiny study", "robust": "robust", "standard": "standard", "methods": ["linear_probe", "lora"],
         "intro": "Set-up <b>here</b>.", "discussion": {"roli": "Why RoLI went this way."},

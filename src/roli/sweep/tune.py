@@ -107,6 +107,7 @@ def grid_edge(lr: float, lrs: list[float]) -> str | None:
 
 
 def markdown(result: dict) -> str:
+    """tune.md: the rounds, the validation numbers and the choice."""
     lines = [f"# roli tune: {result['recipe']}", "",
              (f"Successive halving over lr {result['lrs']}, starting at {result['first_epochs']} epoch(s); selected "
               f"on {result['selection']}."), "", "| round | lr | epochs | val robust | val clean | selected epoch |",
@@ -116,7 +117,7 @@ def markdown(result: dict) -> str:
                   f"{s['selected_epoch']} |" for s in scores]
     lines += ["", f"Chosen: lr {result['chosen']['lr']:g} -> `{result['tuned_recipe']}`", ""]
     if result.get("edge"):
-        lines += [f"Note: the chosen rate is the {result['edge']} one tried, so the best may lie beyond the grid; "
-                  "widen `--lr` on that side to be sure. Short trials also favour large rates.", ""]
+        lines += [(f"Note: the chosen rate is the {result['edge']} one tried, so the best may lie beyond the grid; "
+                   "widen `--lr` on that side to be sure. Short trials also favour large rates."), ""]
     return "\n".join(lines)
 

@@ -32,6 +32,8 @@ REQUIRED = ("arch", "resolution", "attack_steps", "seconds_per_image", "device")
 
 @dataclass(frozen=True)
 class StepCost:
+    """One measured step cost of benchmarks/run.py (per architecture, method, resolution, precision, device)."""
+
     arch: str
     transfer: str
     resolution: int
@@ -48,10 +50,12 @@ class StepCost:
 
     @property
     def gpu(self) -> bool:
+        """Measured on a CUDA device."""
         return self.device == "cuda"
 
     @property
     def has_parts(self) -> bool:
+        """The attack pass, training pass and forward were timed too."""
         return bool(self.attack_pass and self.train_pass and self.forward)
 
     @property
@@ -72,6 +76,7 @@ class StepCost:
         return self.seconds_per_image / (self.attack_steps + 1) * (passes + 1 / 3)
 
     def describe(self) -> str:
+        """Where the number came from, for the dry run."""
         return f"measured on {self.device_name} on {self.date}"
 
 
@@ -120,6 +125,7 @@ def load_step_costs(path: str | Path) -> list[StepCost]:
 
 
 def arch_key(arch: str) -> str:
+    """The measured architecture whose step cost `arch` shares (ARCH_ALIASES), else `arch`."""
     return ARCH_ALIASES.get(arch, arch)
 
 

@@ -1,4 +1,4 @@
-"""roli.training.sweep and `roli sweep`: grid expansion, deterministic shards, skip / resume / fail, the report."""
+"""roli.sweep and `roli sweep`: grid expansion, deterministic shards, skip / resume / fail, the report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import yaml
 from conftest import TINY
 from roli.cli.main import main
 from roli.config import ConfigError
-from roli.training.sweep import cell_status, describe, expand, load_grid, plan, run_sweep
+from roli.sweep.cells import cell_status
+from roli.sweep.grid import expand, load_grid
+from roli.sweep.run import describe, plan, run_sweep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[2]
@@ -230,7 +232,7 @@ def test_bad_measured_files(grid, tmp_path):
 
 @pytest.mark.parametrize("path", sorted((REPO / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.name)
 def test_committed_benchmark_results_load(path):
-    from roli.training.costs import load_step_costs
+    from roli.sweep.costs import load_step_costs
 
     costs = load_step_costs(path)
     assert all(c.seconds_per_image > 0 and c.has_parts and 0.5 < c.overhead < 5 for c in costs)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from roli.evaluation.groups import groups
-from roli.evaluation.report import aggregate, collect, write_report
+from roli.report.groups import groups
+from roli.report.collect import collect
+from roli.report.write import aggregate, write_report
 
 EPS8, EPS4 = 8 / 255, 4 / 255
 N = 200
@@ -414,7 +415,7 @@ def _p_text(p: float) -> str:
 def test_html_findings_section_matches_findings_json(findings_report):
     from scipy import stats
 
-    from roli.evaluation.findings import markdown
+    from roli.report.markdown import findings_markdown as markdown
 
     out, _, known = findings_report
     found = json.loads((out / "findings.json").read_text())
@@ -535,7 +536,7 @@ def test_html_wall_time_table(findings_report):
 
 
 def test_spec_text_markup():
-    from roli.evaluation.report_html import _text
+    from roli.report.html import _text
 
     html = _text("# Plan\n\nOne *a* **b**\nline two.\n\n- x `c*d*`\n  y\n- z\n\n1. one\n2. <two>", level=2)
     assert html == ("<h2>Plan</h2><p>One <em>a</em> <strong>b</strong> line two.</p>"

@@ -1,6 +1,6 @@
-"""report.html: the report as one self-contained HTML5 page (inline CSS, PNGs embedded as data: URLs) to open in
-a browser, mail or attach; every text from the runs and the findings spec is escaped. It shows what report.md shows:
-with a findings result (see `findings.findings`) the findings with their tables, and always the wall time.
+"""report.html: the report as one self-contained HTML5 page (inline CSS from report.css beside this file, PNGs
+embedded as data: URLs) to open in a browser, mail or attach; every text from the runs and the findings spec is
+escaped. It shows what report.md shows, laid out from the same tables as data.
 """
 
 from __future__ import annotations
@@ -8,10 +8,13 @@ from __future__ import annotations
 import base64
 import re
 from html import escape
+from importlib.resources import files
 from itertools import groupby
 from pathlib import Path
 
-from roli.evaluation.report import (
+from roli.files import atomic_write_text
+from roli.report.sections import sections, significance
+from roli.report.tables import (
     INITS,
     PER_INIT_NOTE,
     RESULTS_NOTE,
@@ -25,7 +28,6 @@ from roli.evaluation.report import (
     sanity_lines,
     settings,
 )
-from roli.files import atomic_write_text
 
 NUMBER = re.compile(r"[-–0-9./]+")  # cells right-aligned in the per-run table
 WALL = re.compile(r"[-–0-9./]+|[0-9]+ \(n=[0-9]+\)|[0-9.]+ min in all")  # right-aligned wall-time cells
@@ -34,44 +36,8 @@ STATUS = {"holds": "ok", "does not hold": "bad", "partly holds": "mixed"}  # ver
 HEADING = re.compile(r"(#{1,6})\s+(.*)")
 BULLET = re.compile(r"[-*]\s+(.*)")
 ORDERED = re.compile(r"\d+[.)]\s+(.*)")
+CSS = files("roli.report").joinpath("report.css").read_text()  # package data, inlined into every page
 TITLES = {"scatter": "Clean vs robust accuracy", "curves": "Validation curves", "eps": "Accuracy vs eps"}
-CSS = """
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a; margin: 0;
-       background: #f6f7f9; }
-main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 48px; background: #fff; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 32px 0 10px; padding-bottom: 4px; border-bottom: 1px solid #dde1e6; }
-h3 { font-size: 16px; margin: 18px 0 8px; font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }
-p.note, figcaption, .meta { color: #57606a; font-size: 13.5px; }
-dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 0; }
-dl.settings dt { font-weight: 600; color: #57606a; }
-dl.settings dd { margin: 0; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 14px; margin: 6px 0 10px; }
-th, td { padding: 4px 10px; border-bottom: 1px solid #e4e7eb; text-align: left; white-space: nowrap; }
-thead th { background: #f0f2f5; font-weight: 600; text-align: center; }
-thead tr:last-child th { border-bottom: 2px solid #b8c0c9; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.n { color: #6e7781; text-align: center; }
-.start { border-left: 2px solid #c9d1d9; }
-tbody tr:hover { background: #f5f8ff; }
-figure { margin: 8px 0 16px; }
-figure img { max-width: 100%; height: auto; border: 1px solid #e4e7eb; }
-ul.checks { padding-left: 20px; }
-ul.checks li.fail { color: #b42318; font-weight: 600; }
-code { font-size: 13px; background: #f0f2f5; padding: 1px 4px; border-radius: 3px; }
-details summary { cursor: pointer; font-weight: 600; margin: 6px 0; }
-#findings h3 { font-family: inherit; font-size: 17px; margin-top: 26px; }
-#findings h4 { font-size: 15px; margin: 16px 0 6px; }
-p.statement { font-size: 15.5px; }
-p.verdict { padding: 6px 12px; border-left: 4px solid #8c959f; background: #f6f8fa; }
-p.verdict.ok { border-color: #1a7f37; background: #effaf2; }
-p.verdict.bad { border-color: #b42318; background: #fdf1f0; }
-p.verdict.mixed { border-color: #bf8700; background: #fff8e6; }
-table.stats td { font-variant-numeric: tabular-nums; }
-ul.note { color: #57606a; font-size: 13.5px; margin: 4px 0 10px; }
-tfoot th, tfoot td { font-weight: 600; border-top: 2px solid #b8c0c9; }
-"""
 
 
 def _inline(text: str) -> str:
@@ -171,10 +137,6 @@ def _plain_table(head: list[str], body: list[list[str]], number=NUMBER.fullmatch
             f"<tbody>{''.join(map(tr, rows))}</tbody>{tfoot}</table></div>")
 
 
-# ---------------------------------------------------------------------------------------------------- findings
-# The findings laid out by findings.sections(), the same headings, tables and texts findings.markdown() writes.
-
-
 def _stats_tables(tables: list[dict]) -> str:
     """A section's findings tables: each its caption, the table (numbers right-aligned) and its note lines."""
     html = []
@@ -188,9 +150,7 @@ def _stats_tables(tables: list[dict]) -> str:
 
 def _findings(found: dict) -> str:
     """The findings section: the spec's intro, alpha, per finding its statement, table(s), rule, verdict sentence and
-    discussion, then the quirk comparisons (what findings.markdown() writes, as HTML)."""
-    from roli.evaluation.findings import sections, significance  # numpy + scipy: only when there are findings
-
+    discussion, then the quirk comparisons (what `markdown.findings_markdown` writes, as HTML)."""
     spec = found["spec"]
     parts = ['<section id="findings"><h2>Findings</h2>', _text(spec.get("intro") or ""),
              f'<p class="note">{escape(significance(spec))}</p>']
@@ -247,5 +207,5 @@ def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, 
                  "selected (best validation PGD accuracy).</p></details></section>")
     atomic_write_text(path, '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
                             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-                            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+                            f"<title>{escape(title)}</title><style>\n{CSS}</style></head>\n<body><main>\n"
                             + "\n".join(parts) + "\n</main></body></html>\n")

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roli.evaluation.groups import summary
 from roli.files import write_atomic
+from roli.report.groups import summary
 
 
 def _pyplot():

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from roli.evaluation.findings import load_spec
-from roli.evaluation.report import write_report
+from roli.report.spec import load_spec
+from roli.report.write import write_report
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

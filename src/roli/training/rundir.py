@@ -1,0 +1,56 @@
+"""A run's folder: made fresh (an existing run is never reused), its results.json read and written, and the check
+that a resumed run keeps the settings it was made with (its config.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from roli.config import Config, ConfigError, load_config, to_dict
+from roli.errors import RunDirError
+from roli.files import atomic_write_json, read_json
+
+# Settings a resumed run may change: where and how fast it computes, not what it computes.
+RESUMABLE_CHANGES = {"run.threads", "run.device", "run.name", "run.keep_resume_state", "data.num_workers",
+                     "data.root"}
+
+
+def new_run_dir(out: Path, name: str) -> Path:
+    """A fresh folder under `out`; an existing run is never reused or overwritten (a suffix is added)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 10_000):
+        path = out / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"no free run folder name for {name!r} in {out}")
+
+
+def read_results(run_dir: Path) -> dict | None:
+    """The run's results.json, or None before it is written."""
+    path = run_dir / "results.json"
+    return read_json(path, "results.json") if path.is_file() else None
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """The run's results.json, replaced atomically."""
+    atomic_write_json(run_dir / "results.json", results)
+
+
+def changed_settings(now: dict, saved: dict, allowed: set[str] | frozenset[str] = frozenset()
+                     ) -> list[tuple[str, Any, Any]]:
+    """(`section.key`, saved value, value now) for every setting of `now` that differs from `saved` (both configs
+    as to_dict gives them), in the config's order, but for the keys in `allowed`."""
+    return [(f"{s}.{k}", saved.get(s, {}).get(k), v) for s in now for k, v in now[s].items()
+            if f"{s}.{k}" not in allowed and saved.get(s, {}).get(k) != v]
+
+
+def check_same_config(cfg: Config, run_dir: Path) -> None:
+    """A run resumes only with the settings it was made with (config.yaml), but for RESUMABLE_CHANGES."""
+    saved = to_dict(load_config(run_dir / "config.yaml"))
+    diff = [f"{key}: {old!r} -> {new!r}" for key, old, new in changed_settings(to_dict(cfg), saved, RESUMABLE_CHANGES)]
+    if diff:
+        raise ConfigError(f"{run_dir} was made with different settings ({'; '.join(diff[:5])}); resume it with its "
+                          "own config.yaml (no --set), or start a new run")
