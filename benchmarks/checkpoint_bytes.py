@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from roli.backbones import build_model
-from roli.backbones.checkpoints import atomic_save
+from roli.checkpoints import atomic_save
 from roli.config import load_config
 from roli.training.optim import build_optimizer, build_scheduler
 from roli.training.trainer import model_checkpoint, resume_state

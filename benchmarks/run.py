@@ -211,7 +211,6 @@ def timm_at_size(name: str, res: int, num_classes: int = 10, **kwargs) -> Classi
     import timm
 
     net = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=res, **kwargs)
-    net.roli_classifier = net.pretrained_cfg.get("classifier", "head")
     pc = net.pretrained_cfg
     return Classifier(net, PixelNormalize(pc.get("mean", (0.5,) * 3), pc.get("std", (0.5,) * 3), None, in_chans=3))
 

@@ -325,7 +325,7 @@ def fmnist_vit_runs(tmp_path_factory):
 def test_bf16_training_of_a_tiny_vit_is_within_1p5_points_of_fp32(fmnist_vit_runs):
     """Measured (seed 0, AVX-512 BF16 + AMX CPU, 2 threads): fp32-trained 76.7 / 61.1, bf16-trained 76.7 / 61.1
     clean / fp32 PGD-10 % on 1,000 test images (difference 0.0; tolerance 1.5). ~4 min for both runs."""
-    from roli.backbones.checkpoints import load_file
+    from roli.checkpoints import load_file
 
     runs, out = fmnist_vit_runs
     assert runs["bf16"]["precision"]["train"]["used"] == "bf16"

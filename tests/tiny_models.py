@@ -50,7 +50,6 @@ def tiny_backbone(family: str, num_classes: int = 4, seed: int = 0) -> Classifie
 
         net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, embed_dim=16,
                                 depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=num_classes)
-        net.roli_classifier = net.pretrained_cfg["classifier"]  # what build_model sets: "head.fc"
         pc = net.pretrained_cfg
         return Classifier(net, PixelNormalize(pc["mean"], pc["std"], input_size=32, in_chans=3))
     raise ValueError(f"unknown backbone family {family!r}; choose one of {FAMILIES}")

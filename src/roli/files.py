@@ -9,6 +9,7 @@ permission denied) raises WriteError, removes its temp file and leaves the previ
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -135,3 +136,19 @@ def discard_unstarted(run_dir: Path, own: Iterable[str] = ("config.yaml", "train
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     return not run_dir.exists()
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256sum(path: str | Path) -> str:
+    """The file's SHA-256 (cached per path, size and modification time: a replaced file is hashed again)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]

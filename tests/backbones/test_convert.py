@@ -22,10 +22,11 @@ from torchvision.models.resnet import ResNet as TvResNet
 
 from roli.backbones import build_model
 from roli.backbones import known as known_mod
-from roli.backbones.checkpoints import CheckpointError
-from roli.backbones.convert import CONVERTERS, convert_state_dict, detect_format, load_checkpoint, sha256sum
+from roli.backbones.convert import CONVERTERS, convert_state_dict, detect_format, load_checkpoint
 from roli.backbones.known import KnownCheckpoint, known_checkpoints
 from roli.config import BackboneConfig, ConfigError, load_config
+from roli.errors import CheckpointError
+from roli.files import sha256sum
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -220,7 +221,7 @@ def test_madry_through_build_model_takes_the_files_normalisation(tmp_path):
     torch.save({"model": madry_state(src), "epoch": 1}, path)
     model = build_model(BackboneConfig(name="test_resnet", checkpoint=str(path)), num_classes=3).eval()
     torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor([0.4, 0.5, 0.6]))
-    rep = model.roli_load_report
+    rep = model.load_report
     assert rep["normalisation_from"] == "checkpoint" and rep["checkpoint"]["sha256"] == sha256sum(path)
     x = torch.rand(1, 3, 48, 48)
     with torch.no_grad():
@@ -325,7 +326,7 @@ def test_known_name_loads_with_table_normalisation(tmp_path, fake_known, monkeyp
     torch.save(src.state_dict(), path)
     model = build_model(BackboneConfig(name="tiny_known", checkpoint=str(path)), num_classes=7).eval()
     torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor([0.1, 0.2, 0.3]))
-    rep = model.roli_load_report
+    rep = model.load_report
     assert rep["known"] == "tiny_known" and rep["arch"] == "test_vit" and rep["pretrain_eps"] == pytest.approx(4 / 255)
     assert rep["checkpoint"]["missing_head"] == ["head.bias", "head.weight"]
     x = torch.rand(1, 3, 160, 160)

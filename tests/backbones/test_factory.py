@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from roli.backbones import BACKBONES, BackboneError, build_model, create_backbone
-from roli.backbones.checkpoints import CheckpointError
 from roli.backbones.normalize import Classifier, PixelNormalize
 from roli.config import BackboneConfig
+from roli.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,7 +31,7 @@ def test_vit_tiny_28_output_shape(x):
     assert out.shape == (3, 5)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert isinstance(model.head, nn.Linear) and model.head.out_features == 5
-    assert model.net.roli_classifier == "head"
+    assert model.head_name == "head"
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.2e6  # "0.8 M parameters"
 
 
@@ -100,7 +100,7 @@ def test_a_roli_file_reused_as_backbone_keeps_its_normalisation_and_input_size(t
     model = build_model(BackboneConfig(name="vit_tiny_28", checkpoint=str(path)), num_classes=5)
     assert model.normalize.mean.flatten().tolist() == pytest.approx([0.1])
     assert model.normalize.std.flatten().tolist() == pytest.approx([0.2]) and model.normalize.input_size == 28
-    report = model.roli_load_report
+    report = model.load_report
     assert report["normalisation_from"] == "checkpoint" and report["input_size"] == 28
     model.eval(), src.eval()
     with torch.no_grad():  # same backbone features: the stored weights and normalisation are both used
@@ -121,7 +121,7 @@ def test_timm_architecture_by_name(x, name):
     torch.testing.assert_close(model.normalize.mean.flatten(), torch.tensor(model.net.pretrained_cfg["mean"]))
     assert model.head.out_features == 3
     expected_head = "fc" if name == "test_resnet" else "head"
-    assert model.net.roli_classifier == expected_head
+    assert model.head_name == expected_head
 
 
 @pytest.mark.parametrize(

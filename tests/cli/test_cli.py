@@ -18,8 +18,8 @@ from roli.backbones import BACKBONES
 from roli.cli.main import main
 from roli.config import dump_config
 from roli.data import DATASETS
-from roli.evaluation.checkpoint import load_model
 from roli.transfer import TRANSFER
+from roli.transfer.state import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

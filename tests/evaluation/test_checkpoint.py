@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from roli.backbones.checkpoints import CheckpointError, load_file
-from roli.evaluation.checkpoint import evaluate_checkpoint, load_model
+from roli.checkpoints import load_file
+from roli.errors import CheckpointError
+from roli.evaluation.checkpoint import evaluate_checkpoint
+from roli.transfer.state import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -71,10 +73,10 @@ def test_load_model_does_not_need_the_original_backbone_file(tmp_path):
     import torch
 
     from roli.backbones import build_model
-    from roli.backbones.checkpoints import atomic_save
+    from roli.checkpoints import atomic_save
     from roli.config import Config, to_dict
-    from roli.evaluation.checkpoint import load_model
     from roli.transfer import build_transfer
+    from roli.transfer.state import load_model
 
     cfg = Config()  # a known-checkpoint name, whose file is required for training but not for re-evaluation
     cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, name="madry_resnet50_linf_4",

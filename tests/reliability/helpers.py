@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from roli.backbones.checkpoints import load_file
+from roli.checkpoints import load_file
 from roli.cli.main import main
 from roli.files import read_json
 

@@ -13,7 +13,7 @@ import torch
 
 from reliability.helpers import assert_same_run, cli, numbers, strip, tensors
 from roli.attacks import make_attack
-from roli.backbones.checkpoints import load_file
+from roli.checkpoints import load_file
 from roli.config import dump_config
 from roli.files import read_json
 from roli.transfer import TRANSFER

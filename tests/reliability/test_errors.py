@@ -16,7 +16,7 @@ OLD_HOMES = [
     ("roli.config", "ConfigError", ValueError),
     ("roli.backbones", "BackboneError", ValueError),
     ("roli.backbones.factory", "BackboneError", ValueError),
-    ("roli.backbones.checkpoints", "CheckpointError", ValueError),
+    ("roli.checkpoints", "CheckpointError", ValueError),
     ("roli.data", "DataError", ValueError),
     ("roli.data.base", "DataError", ValueError),
     ("roli.transfer.heads", "HeadError", ValueError),

@@ -18,8 +18,8 @@ import yaml
 from conftest import TINY
 from miniatures import write_image_folder
 from reliability.helpers import assert_same_run, cli, reference_run, snapshot, temp_files, write_recipe
-from roli.backbones.checkpoints import load_file
 from roli.backbones.normalize import Classifier
+from roli.checkpoints import load_file
 from roli.config import dump_config
 from roli.errors import OutOfMemory, RoliError, TrainingFailed, WriteError
 from roli.files import atomic_write_text, discard_unstarted, read_json, write_atomic

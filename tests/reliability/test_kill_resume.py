@@ -28,7 +28,7 @@ from reliability.helpers import (
     temp_files,
     write_recipe,
 )
-from roli.backbones.checkpoints import load_file
+from roli.checkpoints import load_file
 from roli.config import dump_config
 from roli.files import read_json
 

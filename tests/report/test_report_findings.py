@@ -14,10 +14,10 @@ import yaml
 
 from roli.cli.main import main
 from roli.errors import ConfigError, ResultsError
-from roli.report.findings import findings
-from roli.report.spec import load_spec, validate_spec
-from roli.report.groups import groups
 from roli.report.collect import collect
+from roli.report.findings import findings
+from roli.report.groups import groups
+from roli.report.spec import load_spec, validate_spec
 from roli.report.tables import cost_table
 from roli.report.write import archive, write_report
 

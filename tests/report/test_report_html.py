@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from roli.report.groups import groups
 from roli.report.collect import collect
+from roli.report.groups import groups
 from roli.report.write import aggregate, write_report
 
 EPS8, EPS4 = 8 / 255, 4 / 255

@@ -12,15 +12,15 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from roli.backbones.checkpoints import CheckpointError
 from roli.backbones.custom import from_module
 from roli.config import load_config
 from roli.data import DataError
 from roli.data.custom import from_datasets
-from roli.evaluation.checkpoint import load_model
+from roli.errors import CheckpointError
 from roli.training.pipeline import run
 from roli.transfer import build_transfer
 from roli.transfer.base import UnsupportedBackbone
+from roli.transfer.state import load_model
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,7 +45,7 @@ def test_heads_are_found_resized_or_attached():
     x = torch.rand(2, 1, 12, 12)
     m = from_module(WithFc(7), 3, x)
     assert m.head is m.net.module.fc and m.head.out_features == 3 and m(x).shape == (2, 3)
-    assert m.net.roli_classifier == "module.fc"
+    assert m.head_name == "module.fc"
     feats = nn.Sequential(nn.Flatten(), nn.Linear(144, 5))  # features only: a head is attached
     m = from_module(feats, 4, x)
     assert m.head.in_features == 5 and m.head.out_features == 4 and m(x).shape == (2, 4)

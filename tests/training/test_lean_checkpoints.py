@@ -12,16 +12,18 @@ import pytest
 import torch
 
 from roli.backbones import build_model
-from roli.backbones.checkpoints import CheckpointError, atomic_save, extract_state_dict, load_file
-from roli.backbones.convert import sha256sum
+from roli.backbones.weights import extract_state_dict
+from roli.checkpoints import atomic_save, load_file
 from roli.cli.main import main
-from roli.evaluation.checkpoint import evaluate_checkpoint, load_model
+from roli.errors import CheckpointError
+from roli.evaluation.checkpoint import evaluate_checkpoint
+from roli.files import sha256sum
 from roli.training import pipeline
 from roli.training.pipeline import run
 from roli.training.trainer import model_checkpoint
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state
-from roli.transfer.state import frozen_keys, model_payload, trained_keys
+from roli.transfer.state import frozen_keys, load_model, model_payload, trained_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from roli.backbones.checkpoints import load_file
+from roli.checkpoints import load_file
 from roli.config import load_config
 from roli.training import pipeline
 from roli.training.pipeline import run, stage1_config, stage1_key

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from roli.backbones import build_model
-from roli.backbones.checkpoints import CheckpointError, load_file
+from roli.checkpoints import load_file
 from roli.config import load_config, to_dict
+from roli.errors import CheckpointError
 from roli.training import loop, trainer
 from roli.training.optim import lr_multiplier
 from roli.training.pipeline import run

@@ -26,7 +26,7 @@ METHODS = TRANSFER.names()
 
 
 def _head_names(model) -> set[str]:
-    prefix = f"net.{model.net.roli_classifier}."
+    prefix = f"net.{model.head_name}."
     return {n for n, _ in model.named_parameters() if n.startswith(prefix)}
 
 
@@ -58,7 +58,7 @@ REFUSED = [(n, b) for n in METHODS for b in FAMILIES if b in REFUSES.get(n, ())]
 CASES = [pytest.param(n, b, marks=pytest.mark.skip(reason=f"{n} refuses {b} by design (UnsupportedBackbone: "
                                                           "test_unsupported_backbone_is_refused)"))
          if (n, b) in REFUSED else (n, b) for n in METHODS for b in FAMILIES]
-# The head each family's timm architecture names in its pretrained_cfg (its `roli_classifier`).
+# The head each family's timm architecture names in its pretrained_cfg (the Classifier's `head_name`).
 HEADS = {"vit": "net.head", "resnet": "net.fc", "convnext": "net.head.fc", "swin": "net.head.fc"}
 
 
@@ -84,7 +84,7 @@ def test_only_declared_parameters_train(name, backbone):
     assert _head_names(model) <= expected  # the head trains in every method
     if name != "full_finetune":
         assert len(expected) < len(dict(model.named_parameters())), "a PEFT method must freeze something"
-    assert model.roli_method == name
+    assert model.method == name
 
 
 def test_every_refusal_names_a_registered_method_and_family():
@@ -116,7 +116,7 @@ def test_unsupported_backbone_is_refused(name, backbone):
     # refused before touching the model: nothing frozen, nothing injected
     assert all(p.requires_grad for p in model.parameters())
     assert model.state_dict().keys() == before.keys() and len(list(model.modules())) == modules
-    assert not hasattr(model, "roli_method")
+    assert model.method is None and model.injected == []
 
 
 @pytest.mark.parametrize("backbone, blocks", [("vit", 4), ("swin", 4)])  # vit_tiny_28: depth 4; Swin: 2 + 2
@@ -167,7 +167,7 @@ def test_one_step_moves_only_trainable_parameters(name, backbone):
             assert torch.equal(before[n], after[n]), f"frozen parameter {n} changed"
     if name == "linear_probe":  # a frozen backbone stays frozen entirely: BatchNorm running stats included
         for k in after:
-            if not k.startswith(f"net.{model.net.roli_classifier}."):
+            if not k.startswith(f"net.{model.head_name}."):
                 assert torch.equal(before[k], after[k]), f"frozen state {k} changed"
 
 

@@ -9,8 +9,8 @@ import timm
 import torch
 
 from roli.cli.main import main
-from roli.evaluation.checkpoint import load_model
 from roli.training.pipeline import run
+from roli.transfer.state import load_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

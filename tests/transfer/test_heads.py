@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from roli.backbones import build_model
-from roli.backbones.checkpoints import CheckpointError, atomic_save
+from roli.checkpoints import atomic_save
 from roli.config import BackboneConfig, TransferConfig, load_config
+from roli.errors import CheckpointError
 from roli.training.trainer import model_checkpoint
 from roli.transfer.heads import HeadError, head_state, init_ranli, init_roli
 

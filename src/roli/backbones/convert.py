@@ -16,9 +16,7 @@ what it did. Formats (`backbone.format`):
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +25,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from roli.backbones.checkpoints import CheckpointError, extract_state_dict, load_backbone_weights, load_file
+from roli.backbones.weights import extract_state_dict, load_backbone_weights
+from roli.checkpoints import load_file
+from roli.errors import CheckpointError
+from roli.files import sha256sum
 from roli.registry import CONVERTERS
 
 log = logging.getLogger(__name__)
@@ -200,20 +201,6 @@ def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
     return conv
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256sum(path: str | Path) -> str:
-    """The file's SHA-256 (cached per path, size and modification time: a replaced file is hashed again)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def roli_file_normalisation(obj: object) -> dict:

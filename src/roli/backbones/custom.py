@@ -23,20 +23,20 @@ HEAD_NAMES = ("head", "fc", "classifier")
 
 
 class ModuleNet(nn.Module):
-    """A user's module with timm's head interface (`get_classifier`, `roli_classifier` = the head's name)."""
+    """A user's module with timm's head interface (`get_classifier`, `head_name` = the head's module path)."""
 
     def __init__(self, module: nn.Module, head: nn.Linear | None = None) -> None:
         super().__init__()
         self.module = module
         self.head = head  # attached on top of features; None = the module has its own head
-        self.roli_classifier = "head" if head is not None else f"module.{_find_head(module)}"
+        self.head_name = "head" if head is not None else f"module.{_find_head(module)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.module(x)
         return self.head(out.flatten(1)) if self.head is not None else out
 
     def get_classifier(self) -> nn.Module:
-        return self.head if self.head is not None else self.module.get_submodule(self.roli_classifier[len("module."):])
+        return self.head if self.head is not None else self.module.get_submodule(self.head_name[len("module."):])
 
 
 def _find_head(module: nn.Module) -> str | None:
@@ -49,8 +49,6 @@ def from_module(module: nn.Module, num_classes: int, example: torch.Tensor) -> C
         clf = module.get_classifier()
         if not (isinstance(clf, nn.Linear) and clf.out_features == num_classes):
             module.reset_classifier(num_classes)
-        cfg = getattr(module, "pretrained_cfg", None) or {}
-        module.roli_classifier = cfg.get("classifier", "head")
         net = module
     elif (attr := _find_head(module)) is not None:
         head = getattr(module, attr)
@@ -66,10 +64,10 @@ def from_module(module: nn.Module, num_classes: int, example: torch.Tensor) -> C
             raise BackboneError(f"{type(module).__name__} returns shape {tuple(out.shape)}; roli needs logits or "
                                 "features of shape (batch, features...)")
         net = ModuleNet(module, nn.Linear(out[0].numel(), num_classes))
-    model = Classifier(net, PixelNormalize((0.0,), (1.0,)))  # the module takes [0,1] pixels as they are
-    model.roli_load_report = {"arch": f"custom:{type(module).__name__}", "known": None, "checkpoint": None,  # type: ignore[attr-defined]
-                              "mean": None, "std": None, "normalisation_from": "the module itself",
-                              "input_size": None, "sha256_of_weights": module_digest(module)}
+    report = {"arch": f"custom:{type(module).__name__}", "known": None, "checkpoint": None, "mean": None,
+              "std": None, "normalisation_from": "the module itself", "input_size": None,
+              "sha256_of_weights": module_digest(module)}
+    model = Classifier(net, PixelNormalize((0.0,), (1.0,)), load_report=report)  # the module takes [0,1] pixels
     return model
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from roli.backbones.convert import load_checkpoint
-from roli.backbones.normalize import Classifier, PixelNormalize
+from roli.backbones.normalize import Classifier, PixelNormalize, head_name
 from roli.config import DROP_KNOBS, BackboneConfig
 from roli.errors import BackboneError
 from roli.registry import BACKBONES
@@ -60,8 +60,7 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weight
     cfg, known = resolve_known(cfg, need_file=load_weights)  # a known name -> its timm architecture and key format
     factory = BACKBONES.get(cfg.name) if cfg.name in BACKBONES else _timm_factory
     net, defaults = factory(cfg, num_classes)
-    head = (getattr(net, "pretrained_cfg", None) or {}).get("classifier", "head")
-    net.roli_classifier = head  # type: ignore[attr-defined]
+    head = head_name(net)
     checkpoint = (cfg.checkpoint or defaults.get("checkpoint")) if load_weights else None
     loaded = None
     if checkpoint:
@@ -78,12 +77,12 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weight
         mean, std, norm_from = defaults["mean"], defaults["std"], "architecture"
     in_chans = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (len(mean),))[0]
     input_size = cfg.input_size or (loaded or {}).get("input_size")  # a reused roli file keeps its resize
-    model = Classifier(net, PixelNormalize(mean, std, input_size, in_chans=in_chans))
-    model.roli_load_report = {  # type: ignore[attr-defined]  (goes into results.json)
+    report = {  # goes into results.json
         "arch": cfg.name, "known": known.name if known else None, "checkpoint": loaded,
         "mean": list(mean), "std": list(std), "normalisation_from": norm_from, "input_size": input_size,
         "pretrain_eps": known.pretrain_eps if known else None,
     }
+    model = Classifier(net, PixelNormalize(mean, std, input_size, in_chans=in_chans), load_report=report)
     return model
 
 

@@ -13,8 +13,8 @@ from importlib import resources
 
 import yaml
 
-from roli.backbones.checkpoints import CheckpointError
 from roli.config import BackboneConfig, ConfigError, from_dict
+from roli.errors import CheckpointError
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,17 +23,44 @@ class PixelNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class Classifier(nn.Module):
-    """`normalize` then the (timm) network `net`; the head is `net.get_classifier()`."""
+def head_name(net: nn.Module) -> str:
+    """The classifier's module path inside a network: its own `head_name` (roli's ModuleNet), else timm's
+    `pretrained_cfg["classifier"]` ("head", "fc", "head.fc", ...), else "head"."""
+    return getattr(net, "head_name", None) or (getattr(net, "pretrained_cfg", None) or {}).get("classifier", "head")
 
-    def __init__(self, net: nn.Module, normalize: PixelNormalize) -> None:
+
+class Classifier(nn.Module):
+    """`normalize` then the (timm) network `net`: the model every attack sees, taking [0,1] pixels.
+
+    It carries what roli knows about it, declared here rather than patched on: the head's path inside `net`, how
+    the backbone was built (results.json's `backbone`), the transfer method applied and the modules that method
+    added (whose whole state is the method's, see roli.transfer.state).
+
+    Example:
+        >>> model = roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)
+        >>> model.head_name, model.method, model(torch.rand(2, 1, 28, 28)).shape
+        ('head', None, torch.Size([2, 10]))
+    """
+
+    head_name: str  # the head's module path inside `net` (see `head_name`)
+    load_report: dict  # architecture, checkpoint file and hash, normalisation and its source: results.json's backbone
+    method: str | None  # the transfer method `TransferMethod.apply` applied; None before
+    injected: list[nn.Module]  # the modules that method added (LoRA, adapters, prompts and their children)
+
+    def __init__(self, net: nn.Module, normalize: PixelNormalize, load_report: dict | None = None) -> None:
         super().__init__()
         self.normalize = normalize
         self.net = net
+        self.head_name = head_name(net)
+        self.load_report = load_report or {}
+        self.method = None
+        self.injected = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for [0,1] pixels x of shape (batch, channels, height, width)."""
         return self.net(self.normalize(x))
 
     @property
     def head(self) -> nn.Module:
+        """The classification head (`net.get_classifier()`): trained by every transfer method."""
         return self.net.get_classifier()

@@ -201,9 +201,9 @@ def _report(a: argparse.Namespace) -> int:
 def _export(a: argparse.Namespace) -> int:
     import json as _json
 
-    from roli.backbones.checkpoints import load_file
-    from roli.evaluation.checkpoint import load_model
+    from roli.checkpoints import load_file
     from roli.transfer.export import export
+    from roli.transfer.state import load_model
 
     best = Path(a.run_dir) / "best.pt"
     if Path(a.output).exists():  # before rebuilding a lean model, which takes a while for ViT-B/Swin-B

@@ -26,9 +26,8 @@ from torch.utils.data import Dataset
 from roli import distributed
 from roli.attacks import build_attack
 from roli.backbones import build_model
-from roli.backbones.checkpoints import load_file
-from roli.backbones.convert import sha256sum
 from roli.backbones.custom import from_module, module_digest
+from roli.checkpoints import load_file
 from roli.config import (
     BackboneConfig,
     Config,
@@ -42,7 +41,7 @@ from roli.data.custom import from_datasets
 from roli.device import deterministic, device_name, oom_hint
 from roli.errors import ResultsError, RunDirError
 from roli.evaluation.accuracy import evaluate
-from roli.files import discard_unstarted, read_json
+from roli.files import discard_unstarted, read_json, sha256sum
 from roli.precision import RunPrecision, run_precision
 from roli.training.rundir import check_same_config, new_run_dir, read_results, write_results
 from roli.training.trainer import FitResult, TrainingFailed, fit, seed_everything
@@ -226,7 +225,7 @@ def _build_model(cfg: Config, splits: Splits, stage1: dict | None, custom: Custo
         model = from_module(copy.deepcopy(custom.module), splits.num_classes, example=splits.train[0][0][None])
     else:
         model = build_model(cfg.backbone, splits.num_classes)
-    backbone_report = model.roli_load_report
+    backbone_report = model.load_report
     init_ranli(model, cfg.transfer)
     if stage1 is not None:
         init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from roli.attacks import build_attack
-from roli.backbones.checkpoints import atomic_save, load_file
 from roli.backbones.normalize import Classifier
+from roli.checkpoints import atomic_save, load_file
 from roli.config import Config, TrainConfig, to_dict
 from roli.data.base import Splits
 from roli.device import oom_hint
@@ -73,7 +73,7 @@ def model_checkpoint(model: Classifier, cfg: Config, extra: dict, standalone: bo
     a file, unless `standalone` (default: `run.standalone_best`): then the whole model."""
     standalone = cfg.run.standalone_best if standalone is None else standalone
     return {"format": "roli", **model_payload(model, lean=not standalone), "config": to_dict(cfg),
-            "classifier": model.net.roli_classifier, "num_classes": model.head.out_features, **extra}
+            "classifier": model.head_name, "num_classes": model.head.out_features, **extra}
 
 
 def resume_state(model: Classifier, optimizer, scheduler, epoch: int, history: list[dict], best: dict,

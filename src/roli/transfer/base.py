@@ -31,7 +31,7 @@ class TransferMethod:
             p.requires_grad_(True)
         for p in model.head.parameters():  # the head trains in every method
             p.requires_grad_(True)
-        model.roli_method = self.config.name  # type: ignore[attr-defined]
+        model.method = self.config.name
         return model
 
     def check(self, net: nn.Module) -> None:
@@ -46,10 +46,9 @@ class TransferMethod:
 
 
 def mark_injected(model: nn.Module, before: set[nn.Module]) -> None:
-    """Tag the modules a transfer method added (not in `before`): their whole state belongs to the method."""
-    for m in model.modules():
-        if m not in before:
-            m.roli_injected = True  # type: ignore[attr-defined]
+    """Record the modules a transfer method added (not in `before`) in `model.injected`: their whole state belongs to
+    the method."""
+    model.injected = [m for m in model.modules() if m not in before]
 
 
 def set_train_mode(model: nn.Module, training: bool = True) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from torch import nn
 
-from roli.backbones.checkpoints import CheckpointError, save_new
+from roli.checkpoints import save_new
 from roli.config import Config, to_dict
+from roli.errors import CheckpointError
 from roli.files import write_atomic
 from roli.transfer.lora import merge_lora
 
@@ -39,8 +40,10 @@ def timm_arch(cfg: Config) -> str:
 
 def merged_net(model: nn.Module, method: str) -> nn.Module:
     """A copy of the backbone network with LoRA merged; refuses modules timm's architecture does not have."""
-    net = merge_lora(copy.deepcopy(model.net))
-    extra = sorted({type(m).__name__ for m in net.modules() if getattr(m, "roli_injected", False)})
+    net, injected = copy.deepcopy((model.net, model.injected))  # one copy: `injected` keeps pointing into `net`
+    net = merge_lora(net)
+    alive = {id(m) for m in net.modules()}
+    extra = sorted({type(m).__name__ for m in injected if id(m) in alive})
     if extra:
         raise ExportError(f"{method} adds modules ({', '.join(extra)}) that timm's architecture does not have, so a "
                           "plain timm state dict cannot hold them; export with --format safetensors or roli instead")

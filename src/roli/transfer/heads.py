@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from roli.backbones.checkpoints import load_file
 from roli.backbones.normalize import Classifier
+from roli.checkpoints import load_file
 from roli.config import TransferConfig
 from roli.errors import HeadError
 

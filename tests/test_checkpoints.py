@@ -1,4 +1,4 @@
-"""roli.backbones.checkpoints: weights_only loads, strict key/shape checks, atomic writes that never clobber."""
+"""roli.checkpoints (weights_only loads, atomic writes that never clobber) and roli.backbones.weights (strict key/shape checks)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,9 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from roli.backbones import create_backbone
-from roli.backbones.checkpoints import (
-    CheckpointError,
-    atomic_save,
-    extract_state_dict,
-    load_backbone_weights,
-    load_file,
-    save_new,
-)
+from roli.backbones.weights import extract_state_dict, load_backbone_weights
+from roli.checkpoints import atomic_save, load_file, save_new
+from roli.errors import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

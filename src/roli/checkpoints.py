@@ -1,4 +1,5 @@
-"""Safe checkpoint I/O: `weights_only=True` loads, strict key checks, atomic writes that never clobber.
+"""Safe torch checkpoint IO (ground floor): `weights_only=True` loads of verified files and atomic saves that never
+clobber what the user keeps.
 
 A half-written file is never loaded as valid: files are written atomically (roli.files), and before loading, a zip
 checkpoint (torch.save's format) has its central directory and the CRC-32 of every record checked, so a truncated
@@ -7,7 +8,6 @@ file or one with flipped bytes is a CheckpointError instead of silently wrong we
 
 from __future__ import annotations
 
-import logging
 import pickle
 import re
 import zipfile
@@ -15,16 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
-log = logging.getLogger(__name__)
-
 
 from roli.errors import CheckpointError, OutputExists
 from roli.files import write_atomic
-
-__all__ = ["CheckpointError", "atomic_save", "extract_state_dict", "load_backbone_weights", "load_file", "save_new",
-           "verify_file"]
 
 
 def verify_file(path: Path) -> None:
@@ -50,6 +43,8 @@ def verify_file(path: Path) -> None:
 
 
 def load_file(path: str | Path) -> Any:
+    """A checkpoint file loaded on the CPU with `weights_only=True` after `verify_file`; every way it can fail (no
+    such file, a folder, an HTML page, a pickle that needs code, a truncated zip) is one CheckpointError line."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} does not exist as a file (it is a folder); pass the path of a local "
@@ -82,40 +77,6 @@ def _unpickler_reason(e: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     m = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed global| Please use|\n|$)", text, re.DOTALL)
     return m.group(1).strip() if m else text.strip().splitlines()[0]
-
-
-def extract_state_dict(obj: Any, path: str | Path = "checkpoint") -> dict[str, torch.Tensor]:
-    """The backbone weights inside a roli checkpoint, a `{'model'|'state_dict': ...}` wrapper or a plain state dict."""
-    if isinstance(obj, dict) and obj.get("format") == "roli":
-        if obj.get("lean"):
-            raise CheckpointError(
-                f"{path} is a lean roli checkpoint: it holds only the tensors its run trained, on top of the backbone "
-                f"{obj['backbone']['file']}; make a standalone copy with `roli export RUN_DIR OUT.pt` and use that")
-        return {k[len("net.") :]: v for k, v in obj["model"].items() if k.startswith("net.")}
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return extract_state_dict(obj[key], path)
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise CheckpointError(f"{path}: no state dict found (expected a dict of tensors, or one under 'model')")
-
-
-def load_backbone_weights(net: nn.Module, state: dict[str, torch.Tensor], head: str, path: str | Path) -> dict:
-    """Load all weights but the classifier; any other missing/unexpected key or shape mismatch is an error."""
-    state = {k: v for k, v in state.items() if not k.startswith(f"{head}.")}
-    own = net.state_dict()
-    bad_shape = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items()
-                 if k in own and own[k].shape != v.shape]
-    if bad_shape:
-        raise CheckpointError(f"{path}: shape mismatch, another architecture? {bad_shape[:5]}")
-    result = net.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(f"{head}.")]
-    if missing or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path} does not fit this architecture: missing {missing[:8]} ({len(missing)}), "
-            f"unexpected {result.unexpected_keys[:8]} ({len(result.unexpected_keys)})"
-        )
-    return {"loaded": len(state), "missing_head": sorted(result.missing_keys)}
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
