@@ -76,6 +76,7 @@ def _strip_prefix(state: State, prefix: str = "module.") -> State:
 
 @CONVERTERS.register("timm")
 def timm_layout(state: State, net: nn.Module) -> Conversion:
+    """Keys already in today's timm layout (a `module.` prefix from DataParallel stripped)."""
     return _rename(state, "timm", [(r"^module\.", "")] if all(k.startswith("module.") for k in state) else [])
 
 
@@ -141,6 +142,7 @@ TORCHVISION_VIT = [
 
 @CONVERTERS.register("torchvision_vit")
 def torchvision_vit(state: State, net: nn.Module) -> Conversion:
+    """A torchvision ViT state dict (`encoder.layers.encoder_layer_N...`) renamed to timm's VisionTransformer keys."""
     if any(k.startswith("heads.pre_logits") for k in state):
         raise CheckpointError("this torchvision ViT has a pre-logits layer (representation_size), which timm's "
                               "VisionTransformer has no slot for; use a checkpoint without it")
@@ -184,6 +186,8 @@ def detect_format(state: State) -> str:
 
 def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
                        key_map: Sequence[tuple[str, str]] = ()) -> Conversion:
+    """A checkpoint's state dict in `fmt` ("auto": detected from its keys), renamed to `net`'s timm layout, then
+    `key_map`'s extra [regex, replacement] rules applied; an unknown format is a CheckpointError naming the known ones."""
     name = detect_format(state) if fmt == "auto" else fmt
     try:
         converter = CONVERTERS.get(name)

@@ -32,10 +32,12 @@ class ModuleNet(nn.Module):
         self.head_name = "head" if head is not None else f"module.{_find_head(module)}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The user's module, then roli's head on its flattened features (if it needed one)."""
         out = self.module(x)
         return self.head(out.flatten(1)) if self.head is not None else out
 
     def get_classifier(self) -> nn.Module:
+        """The head (timm's interface): roli's own, or the user's module's Linear found by name."""
         return self.head if self.head is not None else self.module.get_submodule(self.head_name[len("module."):])
 
 

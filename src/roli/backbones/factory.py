@@ -87,5 +87,13 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weight
 
 
 def create_backbone(name: str, checkpoint: str | None = None, num_classes: int | None = None, **fields) -> Classifier:
-    """Python API: `create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)`."""
+    """A roli Classifier (normalisation inside, [0,1] pixels in) for a registered, known or timm backbone, with
+    weights from a local file and a fresh `num_classes` head; `fields` are BackboneConfig's (format, mean, std, ...).
+
+    Example:
+        >>> model = roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)
+        >>> model.load_report["normalisation_from"]  # the shipped file's own mean/std
+        'checkpoint'
+        >>> vit = roli.create_backbone("vit_base_patch16_224", checkpoint="/data/ares_vit_b.pth", num_classes=10)
+    """
     return build_model(dataclasses.replace(BackboneConfig(name=name, checkpoint=checkpoint), **fields), num_classes)

@@ -8,6 +8,8 @@ from torch import nn
 
 
 class PixelNormalize(nn.Module):
+    """Inputs in [0,1] pixels -> what the network expects: gray repeated to its channels, resized (bilinear) to
+    `input_size`, then (x - mean) / std. Inside the model, so every attack's eps is in pixel units."""
     def __init__(self, mean, std, input_size: int | None = None, in_chans: int | None = None) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -16,6 +18,7 @@ class PixelNormalize(nn.Module):
         self.in_chans = in_chans
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x of shape (batch, channels, height, width) in [0,1] -> the network's normalised input."""
         if self.in_chans and x.shape[1] == 1 and self.in_chans > 1:
             x = x.expand(-1, self.in_chans, -1, -1)  # gray data on a colour backbone
         if self.input_size and x.shape[-1] != self.input_size:

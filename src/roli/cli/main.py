@@ -1,4 +1,10 @@
-"""`roli run | eval | list | report | export`: thin wrappers over the Python API."""
+"""`roli run | eval | list | sweep | tune | report | export`: thin wrappers over the Python API.
+
+One handler (`_run`, `_eval`, ...) and one parser function (`_add_run`, ...) per verb.
+
+Example:
+    roli run recipes/tiny/mnist_lora_roli.yaml --set train.epochs=2
+"""
 
 from __future__ import annotations
 
@@ -152,7 +158,7 @@ def _sweep(a: argparse.Namespace) -> int:
         try:
             seeds = [int(v) for v in a.seeds.split(",")]
         except ValueError:
-            raise SystemExit(f"roli sweep: --seeds takes integers separated by commas (e.g. 0,1), not {a.seeds!r}")
+            raise SystemExit(f"roli sweep: --seeds takes integers separated by commas (e.g. 0,1), not {a.seeds!r}") from None
     p = plan(a.grid, shard=a.shard, out=a.out, overrides=a.set, seeds=seeds)  # validates every cell's recipe first
     print(describe(p))
     if a.dry_run:
@@ -217,12 +223,8 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="roli", description=__doc__.split("\n")[0] + " See README.md.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--version", action="version", version=f"roli {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_run(sub) -> None:
+    """`roli run`: its arguments."""
     r = sub.add_parser("run", help="train (RanLI, or both RoLI stages) and test one or more recipes")
     r.add_argument("recipes", nargs="*", help="recipe YAML files")
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. train.epochs=3")
@@ -231,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", help="the run folder's name (one recipe only; default: run.name or the recipe's name)")
     r.set_defaults(func=_run)
 
+
+def _add_eval(sub) -> None:
+    """`roli eval`: its arguments."""
     e = sub.add_parser("eval", help="evaluate a roli checkpoint (rebuilt without its recipe)")
     e.add_argument("--checkpoint", required=True, help="best.pt of a run")
     e.add_argument("--backbone", metavar="PATH", help="the backbone weights file of a lean best.pt, if it has moved "
@@ -261,8 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", help="JSON file (default: eval-<data>-<split>[-<suite>].json beside the checkpoint)")
     e.set_defaults(func=_eval)
 
+
+def _add_list(sub) -> None:
+    """`roli list`: its arguments."""
     sub.add_parser("list", help="registered backbones, datasets, methods and attacks").set_defaults(func=_list)
 
+
+def _add_sweep(sub) -> None:
+    """`roli sweep`: its arguments."""
     sw = sub.add_parser("sweep", help="run a grid of recipes (skips complete cells, resumes partial ones)")
     sw.add_argument("grid", help="grid YAML, e.g. recipes/paper/grid.yaml")
     sw.add_argument("--shard", default="1/1", metavar="I/N", help="run only the I-th of N slices (numbered from 1)")
@@ -277,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start no new cell after this many minutes (the running one finishes); run again to go on")
     sw.set_defaults(func=_sweep)
 
+
+def _add_tune(sub) -> None:
+    """`roli tune`: its arguments."""
     t = sub.add_parser("tune", help="choose train.lr on validation robust accuracy (successive halving; resumable)")
     t.add_argument("recipe")
     t.add_argument("--lr", required=True, help="candidate learning rates, e.g. 1e-4,3e-4,1e-3")
@@ -286,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every trial")
     t.set_defaults(func=_tune)
 
+
+def _add_report(sub) -> None:
+    """`roli report`: its arguments."""
     rep = sub.add_parser("report", help="collect results.json of runs into report.md, CSV and plots")
     rep.add_argument("dirs", nargs="+")
     rep.add_argument("--out", help="folder for the report (default: the first DIR)")
@@ -298,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(e.g. docs/results.md)")
     rep.set_defaults(func=_report)
 
+
+def _add_export(sub) -> None:
+    """`roli export`: its arguments."""
     x = sub.add_parser("export", help="save a run's best weights as a standalone file others can load (+ OUT.json)")
     x.add_argument("run_dir")
     x.add_argument("output")
@@ -307,10 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--backbone", metavar="PATH", help="the backbone weights file of a lean best.pt, if it has moved "
                                                       "(its SHA-256 must match the one recorded)")
     x.set_defaults(func=_export)
+
+
+# One parser function per verb, in --help order.
+VERBS = (_add_run, _add_eval, _add_list, _add_sweep, _add_tune, _add_report, _add_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `roli` argument parser: global flags, then each verb's sub-parser (see VERBS)."""
+    p = argparse.ArgumentParser(prog="roli", description=__doc__.split("\n")[0] + " See README.md.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"roli {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in VERBS:
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `roli` command: parse `argv`, run the verb; a user's or the machine's error is one line and exit 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

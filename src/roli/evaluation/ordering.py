@@ -19,16 +19,19 @@ STRENGTH_ORDER = ("clean", "fgsm", "pgd", "autoattack")
 
 @dataclass(frozen=True)
 class CheckResult:
+    """One check's outcome: its name, whether it passed, the message a person reads, and the numbers behind it."""
     name: str
     passed: bool
     message: str
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """As plain data, for results JSON and the report."""
         return asdict(self)
 
 
 def check_result(name: str, passed: bool, ok: str, problem: str, **details) -> CheckResult:
+    """A CheckResult with the `ok` or the `problem` message; a failure is also logged as a warning."""
     res = CheckResult(name, passed, ok if passed else problem, details)
     if not passed:
         log.warning("check %s failed: %s", name, problem)

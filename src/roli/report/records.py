@@ -21,6 +21,7 @@ def label(prefix: str, method: str, init: str) -> str:
 
 
 def is_number(v: Any) -> bool:
+    """A finite int or float (numpy's too), not a bool: what a record's accuracy must be."""
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -64,11 +65,13 @@ def has_metric(recs: dict[int, dict], metric: str, seeds: list[int] | None = Non
 
 
 def seed_values(recs: dict[int, dict], metric: str, seeds: list[int] | None = None) -> np.ndarray:
+    """A group's numbers for `metric` over `seeds` (all, sorted, when None), as an array."""
     seeds = sorted(recs) if seeds is None else seeds
     return np.array([float(recs[s][metric]) for s in seeds])
 
 
 def missing_groups(groups: dict, *labels: str) -> list[str]:
+    """The labels that are not among the groups (a finding names them as not run)."""
     return [g for g in labels if g not in groups]
 
 

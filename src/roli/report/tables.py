@@ -36,6 +36,7 @@ def run_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def unique(values) -> list:
+    """The values in first-seen order, each once."""
     return list(dict.fromkeys(values))
 
 

@@ -24,10 +24,12 @@ def stat_clause(metric: str, s: dict, alpha: float, spread: str) -> str:
 
 
 def num(x: float | None) -> str:
+    """An accuracy or spread with two decimals ('-' when missing)."""
     return "-" if x is None else f"{x:.2f}"
 
 
 def signed(x: float | None) -> str:
+    """A difference with its sign and two decimals ('-' when missing)."""
     return "-" if x is None else f"{x:+.2f}"
 
 
@@ -39,12 +41,15 @@ def pvalue(p: float | None) -> str:
 
 
 def pm(mean, std) -> str:
+    """'mean ± std', or the mean alone when there is no std (one seed)."""
     return f"{num(mean)} ± {num(std)}" if std is not None else num(mean)
 
 
 def ci_text(s: dict) -> str:
+    """A test's confidence interval as '[low, high]' ('-' when untested)."""
     return "-" if s.get("ci") is None else f"[{num(s['ci'][0])}, {num(s['ci'][1])}]"
 
 
 def test_text(s: dict) -> str:
+    """A test's p-value as written, or why there is no test (n=1, zero variance)."""
     return pvalue(s["p"]) if s.get("p") is not None else (s.get("note") or "no test")

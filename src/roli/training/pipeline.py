@@ -153,6 +153,11 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     `model` (any nn.Module from [0,1] images to logits or features, see roli.backbones.custom) replaces
     `backbone`; `data` (roli Splits, or (train, val, test) map-style Datasets, see roli.data.custom) replaces
     `data.name`. Both are copied, never changed; the run folder is the same as for a recipe.
+
+    Example:
+        >>> cfg = roli.load_config("recipes/tiny/mnist_lora_roli.yaml", overrides=["train.epochs=2"])
+        >>> result = roli.run(cfg, out="runs")  # runs/mnist_lora_roli/: results.json, best.pt, train.log
+        >>> result["test"]["clean"], result["test"]["pgd"]
     """
     custom = Custom.make(cfg, model, data)
     cfg = custom.config(cfg) if custom else cfg

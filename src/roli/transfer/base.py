@@ -15,12 +15,24 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.G
 
 
 class TransferMethod:
+    """What a transfer method adapts in a backbone: a registered subclass names what it injects and what it trains;
+    `apply` freezes everything else, so nothing trains by accident. The head always trains (RanLI: a random head;
+    RoLI, Hua et al. arXiv 2312.05716: the adversarial linear probe's head, loaded by roli.transfer.heads).
+
+    Example:
+        >>> method = roli.build_transfer(LoraConfig(rank=8))
+        >>> model = method.apply(roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10))
+        >>> model.method
+        'lora'
+    """
     config_cls: type[TransferConfig] = TransferConfig
 
     def __init__(self, config: TransferConfig) -> None:
         self.config = config
 
     def apply(self, model: Classifier) -> Classifier:
+        """Adapt `model` in place and return it: check the backbone, freeze it, inject, then unfreeze what this method
+        trains and the head; the injected modules are recorded in `model.injected`."""
         self.check(model.net)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -61,4 +73,11 @@ def set_train_mode(model: nn.Module, training: bool = True) -> None:
 
 
 def build_transfer(config: TransferConfig) -> TransferMethod:
+    """The registered transfer method for `config` (its `name` picks the class, e.g. lora, adapter, vpt_deep).
+
+    Example:
+        >>> from roli.transfer.lora import LoraConfig
+        >>> model = roli.build_transfer(LoraConfig(rank=8)).apply(
+        ...     roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10))
+    """
     return TRANSFER.get(config.name)(config)
