@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -197,3 +198,18 @@ def test_shipped_backbones_load_offline_through_timm(x):
     five = timm.create_model("vit_tiny_28_fmnist_standard", pretrained=True, num_classes=5)  # new head, same body
     assert five.head.out_features == 5
     torch.testing.assert_close(five.blocks[0].attn.qkv.weight, create_backbone("vit_tiny_28_fmnist_standard").net.blocks[0].attn.qkv.weight)
+
+
+def test_the_shipped_tiny_vits_are_one_list():
+    """SHIPPED names every shipped checkpoint once: roli's registry, timm's registry and the sweep's cost aliases
+    all follow it, and each has its file in the package."""
+    import timm
+
+    from roli.backbones import BACKBONES
+    from roli.backbones.tiny_vit import SHIPPED, shipped
+    from roli.sweep.costs import ARCH_ALIASES
+
+    files = sorted(p.stem for p in (Path(shipped(SHIPPED[0])).parent).glob("vit_tiny_28_*.pt"))
+    assert sorted(SHIPPED) == files
+    assert set(SHIPPED) <= set(BACKBONES.names()) and set(SHIPPED) <= set(timm.list_models("vit_tiny_28*"))
+    assert {k for k, v in ARCH_ALIASES.items() if v == "vit_tiny_28"} == set(SHIPPED)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from roli.backbones.tiny_vit import ARCH, FMNIST, shipped
+from roli.backbones.tiny_vit import ARCH, FMNIST, SHIPPED, shipped
 
 
 def _cfg(checkpoint: str | None) -> dict:
@@ -32,12 +32,7 @@ def _build(variant: str, pretrained: bool, **kwargs) -> VisionTransformer:
 
 
 default_cfgs = generate_default_cfgs({  # timm reads this module attribute when registering
-    "vit_tiny_28.untrained": _cfg(None),
-    "vit_tiny_28_fmnist_robust.roli": _cfg(shipped("vit_tiny_28_fmnist_robust")),
-    "vit_tiny_28_fmnist_standard.roli": _cfg(shipped("vit_tiny_28_fmnist_standard")),
-    "vit_tiny_28_fmnist5_robust.roli": _cfg(shipped("vit_tiny_28_fmnist5_robust")),
-    "vit_tiny_28_fmnist5_standard.roli": _cfg(shipped("vit_tiny_28_fmnist5_standard")),
-})
+    "vit_tiny_28.untrained": _cfg(None), **{f"{name}.roli": _cfg(shipped(name)) for name in SHIPPED}})
 
 
 @register_model

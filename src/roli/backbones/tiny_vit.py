@@ -17,6 +17,10 @@ from roli.backbones.factory import BACKBONES, drop_kwargs
 from roli.config import BackboneConfig
 
 FMNIST = {"mean": (0.2860,), "std": (0.3530,)}  # Fashion-MNIST pixel statistics
+# The pretrained variants shipped inside the package (roli/checkpoints/<name>.pt): registered below, in timm's
+# registry (roli.backbones.timm_models) and as vit_tiny_28 in the sweep's measured step costs.
+SHIPPED = ("vit_tiny_28_fmnist_robust", "vit_tiny_28_fmnist_standard", "vit_tiny_28_fmnist5_robust",
+           "vit_tiny_28_fmnist5_standard")
 ARCH = {"img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 128, "depth": 4, "num_heads": 4, "mlp_ratio": 4.0}
 
 
