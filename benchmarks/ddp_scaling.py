@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ def main() -> None:
         one = run(1, cores, Path(tmp), args.train_limit)
         many = run(args.nproc, max(1, cores // args.nproc), Path(tmp), args.train_limit)
     speedup = many["train_images_per_s"] / one["train_images_per_s"]
-    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": cores,
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
               "load_before": load_before, "load_after": os.getloadavg(), "runs": [one, many],

@@ -603,7 +603,7 @@ def probe_precision(device: torch.device) -> dict:
             train_one_epoch(model, [(x, y)], opt, build_scheduler(opt, tcfg, 1), atk, tcfg, 0)
         warnings += [str(w.message) for w in caught]
         err = None
-    except Exception as e:  # noqa: BLE001  (a half-implemented precision must not stop the benchmark)
+    except Exception as e:
         err = f"{type(e).__name__}: {e}"
     finally:
         h.remove()
@@ -770,7 +770,7 @@ def bench_eval(device: torch.device, quick: bool, repeats: int) -> tuple[dict, l
                              "settings": {k: res["settings"][k] for k in ("attacks", "n_iter", "apgd_restarts",
                                                                           "n_target_classes", "library")}}
         log.info("AutoAttack: %s", out["autoattack"])
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         out["autoattack"] = {"error": f"{type(e).__name__}: {e}"}
         notes.append(f"AutoAttack failed: {type(e).__name__}: {e}")
     return out, notes

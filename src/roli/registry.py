@@ -37,7 +37,7 @@ def load_plugins() -> list[str]:
             try:
                 ep.load()
                 _plugins_loaded.append(ep.name)
-            except Exception as e:  # noqa: BLE001 - a third-party plugin must not break roli
+            except Exception as e:
                 log.warning("roli plugin %r (%s) failed to load and is skipped: %s: %s", ep.name, ep.value,
                             type(e).__name__, e)
     return list(_plugins_loaded)

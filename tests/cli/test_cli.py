@@ -153,7 +153,7 @@ def test_export_writes_a_loadable_file_and_refuses_to_overwrite(finished_run, tm
 
 
 def test_report_command(finished_run, tmp_path, capsys):
-    run_dir, res, _ = finished_run
+    run_dir, _, _ = finished_run
     assert main(["report", str(run_dir.parent), "--out", str(tmp_path)]) == 0
     assert "| shared |" in capsys.readouterr().out
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report_scatter.png").is_file()

@@ -26,7 +26,7 @@ def test_cifar_layout_and_split(tmp_path, name, classes):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (18, 2, 6)  # 90% / last 10% / official test
     assert splits.num_classes == classes
     x, y = splits.train[0]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert 0 <= int(y) < classes
     # val is the *last* 10% of the official train order (the reference's VTAB split), not a random carve
     assert list(splits.val.indices) == [18, 19] and list(splits.train.indices) == list(range(18))

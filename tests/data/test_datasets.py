@@ -288,7 +288,7 @@ def test_loader_over_images_batches(mnist):
     batches = list(loader)
     assert len(batches) == 8 and batches[-1][0].shape == (2000 - 7 * 256, 1, 28, 28)
     x, y = batches[0]
-    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert torch.equal(y, mnist.test.labels[:256])
 
 

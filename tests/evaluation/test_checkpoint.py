@@ -51,7 +51,7 @@ def test_eps_zero_attack_equals_clean(finished_run):
 
 
 def test_large_eps_does_not_raise_accuracy(finished_run):
-    run_dir, _, cfg = finished_run
+    run_dir, _, _ = finished_run
     out = evaluate_checkpoint(str(run_dir / "best.pt"), eps="1/2", steps=5, step_size="1/10", split="val")
     r = out["results"]
     assert out["threat"]["eps"] == 0.5 and out["data"]["split"] == "val"

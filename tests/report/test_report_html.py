@@ -164,13 +164,13 @@ def test_markdown_paper_tables_csv_and_json(study, tmp_path):
         "- **full_finetune-roli-s1: gradients FAILED (eval-synthetic-test-full-8.json): gradients says False**",
         "- full_finetune-roli: 5 checks passed, 1 failed over 2 runs; no checks yet for full_finetune-roli-s2",
         "- lora-ranli: no checks yet (run `roli eval --checkpoint lora-ranli-s0/best.pt --suite full` for each of its "
-        + "3 runs)",
+         "3 runs)",
         "- lora-roli: no checks yet (run `roli eval --checkpoint lora-roli-s0/best.pt --suite full` for each of its "
-        + "3 runs)",
+         "3 runs)",
         "- full_finetune-ranli-paper: no checks yet (run `roli eval --checkpoint full_finetune-ranli-paper-s0/best.pt "
-        + "--suite full`)",
+         "--suite full`)",
         "- b-full_finetune-ranli: no checks yet (run `roli eval --checkpoint b-full_finetune-ranli-s0/best.pt "
-        + "--suite full`)"]
+         "--suite full`)"]
 
     with open(tmp_path / "report_groups.csv", newline="") as f:
         by_label = {r["label"]: r for r in csv.DictReader(f)}
@@ -518,7 +518,7 @@ def test_html_without_spec_has_no_findings(findings_report):
 def test_html_wall_time_table(findings_report):
     out, _, known = findings_report
     p = _parse((out / "report.html").read_text())
-    (heading, wall), = p.tables_under("Wall time")
+    (_, wall), = p.tables_under("Wall time")
     head, *body = wall
     assert head == ["group", "runs", "epochs", "s per run", "s per epoch", "AA s per run", "minutes in all"]
     assert [r[0] for r in body] == [*FINDING_GROUPS, "all"]

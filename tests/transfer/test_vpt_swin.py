@@ -155,7 +155,7 @@ def test_deep_prompts_replace_the_incoming_ones_and_shallow_flows_through():
     for name, owners in (("vpt_deep", 4), ("vpt_shallow", 1)):
         model = apply(swin(), name).eval()
         seen = []
-        hooks = [b.register_forward_hook(lambda m, args, out: seen.append(args[0])) for b in blocks(model)]
+        hooks = [b.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0])) for b in blocks(model)]
         with torch.no_grad():
             model(x)
         for h in hooks:

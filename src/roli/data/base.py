@@ -64,7 +64,7 @@ def membership_hash(members) -> str:
 def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A seeded (rest, carved) split of range(n), each in shuffled order; the same seed gives the same split."""
     perm = np.random.default_rng(seed).permutation(n)
-    k = int(round(n * fraction))
+    k = round(n * fraction)
     return perm[k:], perm[:k]
 
 

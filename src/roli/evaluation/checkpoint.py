@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -55,7 +55,7 @@ def evaluate_checkpoint(path: str, data: str | None = None, split: str = "test",
     whatever the run trained in) | bf16 | fp16 for PGD/FGSM and the clean pass (`roli.precision`). `early_stop`:
     PGD/FGSM stop attacking broken examples (the same accuracy; False = the plain loop).
     """
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     w, dev = distributed.init(device)  # under torchrun: each rank evaluates its shard, counts are summed
     prec = resolve(precision, dev, "--precision")
     model, cfg = load_model(path, dev, backbone=backbone)

@@ -18,7 +18,7 @@ from roli.evaluation.ordering import CheckResult, check_result
 def check_input_range(x: torch.Tensor) -> CheckResult:
     """The batch lies in [0,1]: eps is in pixel units only if the model normalises inside."""
     lo, hi = float(x.min()), float(x.max())
-    return check_result("input_range", 0 <= lo and hi <= 1, f"inputs lie in [0,1] (min {lo:.3g}, max {hi:.3g})",
+    return check_result("input_range", lo >= 0 and hi <= 1, f"inputs lie in [0,1] (min {lo:.3g}, max {hi:.3g})",
                    f"inputs span [{lo:.3g}, {hi:.3g}], not [0,1]: eps is measured in [0,1] pixel units and the "
                    "box constraint clips to [0,1], so the threat model is wrong (normalise inside the model)",
                    min=lo, max=hi)

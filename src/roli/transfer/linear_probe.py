@@ -18,4 +18,3 @@ class LinearProbe(TransferMethod):
         >>> model = roli.build_transfer(TransferConfig(name="linear_probe")).apply(model)  # 1,290 trainable
     """
 
-    pass
