@@ -1013,6 +1013,7 @@ def markdown(res: dict) -> str:
               ("| arch | GPU | PGD | fp32 img/s | tf32 img/s | bf16 img/s | bf16 autocast img/s | bf16/fp32 | "
               "MFU fp32 | MFU tf32 | MFU bf16 | MFU bf16 autocast | roli/limit fp32 | roli/limit bf16 |"),
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
         def f(v):
             return "?" if v is None else f"{100 * v:.1f}%"
 

@@ -13,6 +13,7 @@ from roli.errors import DeviceError, OutOfMemory
 
 log = logging.getLogger(__name__)
 
+
 def pick_device(name: str = "auto") -> torch.device:
     """`auto` = CUDA when present, else CPU; `cuda` without a GPU is an error, never a silent CPU run."""
     if name not in ("auto", "cpu", "cuda"):

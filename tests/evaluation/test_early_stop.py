@@ -97,6 +97,7 @@ def probed_vit(n_train: int = 2000) -> tuple[nn.Module, torch.Tensor, torch.Tens
     fitted on clean features of `n_train` Fashion-MNIST training images (seeded; a few seconds); plus the test split."""
     data = build_data(DataConfig(name="fashion_mnist"))
     model = build_model(BackboneConfig(name="vit_tiny_28_fmnist_robust"), 10).eval()
+
     def images(split, idx: torch.Tensor) -> torch.Tensor:
         return split.images[idx].float().div(255).reshape(len(idx), 1, 28, 28)
 

@@ -205,8 +205,6 @@ def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
     return conv
 
 
-
-
 def roli_file_normalisation(obj: object) -> dict:
     """A roli file (best.pt, `roli export`) carries its model's normalisation and input size: keep them when it is
     reused as a backbone, instead of falling back to the architecture's defaults (0.5/0.5 for many timm ViTs)."""

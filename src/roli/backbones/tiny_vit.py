@@ -73,7 +73,6 @@ def vit_tiny_28_fmnist_standard(cfg: BackboneConfig, num_classes: int | None):
     return _tiny_vit(cfg, num_classes), {**FMNIST, "checkpoint": shipped("vit_tiny_28_fmnist_standard")}
 
 
-
 @BACKBONES.register("vit_tiny_28_fmnist5_robust")
 def vit_tiny_28_fmnist5_robust(cfg: BackboneConfig, num_classes: int | None):
     """vit_tiny_28 adversarially trained (PGD-AT, L-inf eps 0.1) on Fashion-MNIST classes {0, 1, 2, 5, 8} only: the

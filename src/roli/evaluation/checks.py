@@ -68,5 +68,3 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[Che
     """The checks that need only the model and one batch."""
     return [check_input_range(x), check_logits(model, x), check_deterministic(model, x),
             check_gradients(model, x, y)]
-
-

@@ -120,4 +120,3 @@ def markdown(result: dict) -> str:
         lines += [(f"Note: the chosen rate is the {result['edge']} one tried, so the best may lie beyond the grid; "
                    "widen `--lr` on that side to be sure. Short trials also favour large rates."), ""]
     return "\n".join(lines)
-

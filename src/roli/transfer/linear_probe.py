@@ -17,4 +17,3 @@ class LinearProbe(TransferMethod):
         >>> model = roli.create_backbone("vit_tiny_28_fmnist_robust", num_classes=10)
         >>> model = roli.build_transfer(TransferConfig(name="linear_probe")).apply(model)  # 1,290 trainable
     """
-
