@@ -26,7 +26,8 @@ def _roli_imports(path: Path) -> set[str]:
     return found
 
 
-GROUND = ["config.py", "registry.py", "version.py", "device.py", "threat.py", "errors.py", "files.py", "numbers.py"]
+GROUND = ["config.py", "registry.py", "version.py", "device.py", "threat.py", "errors.py", "files.py", "numbers.py",
+          "checkpoints.py", "precision.py"]
 
 
 @pytest.mark.parametrize("module", GROUND)

@@ -67,3 +67,17 @@ class SmallNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(F.relu(self.bn(self.conv(x))).flatten(1)))
+
+
+class RaisesOnCall(nn.Module):
+    """Wraps a model and raises on its n-th forward call."""
+
+    def __init__(self, inner: nn.Module, n: int) -> None:
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.n:
+            raise RuntimeError("boom in forward")
+        return self.inner(x)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from roli.attacks import ATTACKS, make_attack
+from tiny_models import RaisesOnCall
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,20 +52,6 @@ def mixed_state(net: nn.Module) -> None:
     net.bn.eval()
     net.conv.bias.requires_grad_(False)
     net.bn.weight.requires_grad_(False)
-
-
-class RaisesOnCall(nn.Module):
-    """Wraps a model and raises on its n-th forward call."""
-
-    def __init__(self, inner: nn.Module, n: int) -> None:
-        super().__init__()
-        self.inner, self.n, self.calls = inner, n, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.n:
-            raise RuntimeError("boom in forward")
-        return self.inner(x)
 
 
 def test_every_attack_has_a_cheap_setting():

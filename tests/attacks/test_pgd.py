@@ -14,7 +14,19 @@ from roli.attacks.pgd import FGSM, PGD, PGDConfig, margin_loss
 from roli.config import ConfigError, DataConfig, ThreatConfig
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import accuracy
-from tiny_models import adversarially_trained_mlp
+from tiny_models import RaisesOnCall, SmallNet, adversarially_trained_mlp
+
+
+@pytest.fixture
+def net(bn_net) -> SmallNet:
+    """conftest's `bn_net`, under this module's short name."""
+    return bn_net
+
+
+@pytest.fixture
+def batch(small_batch):
+    """conftest's `small_batch`, under this module's short name."""
+    return small_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,56 +43,6 @@ def make(name: str, **kw) -> PGD:
     else:
         kw.setdefault("steps", 3)
     return make_attack(name, **kw)  # type: ignore[return-value]
-
-
-class SmallNet(nn.Module):
-    """A conv net with BatchNorm and Dropout, so train vs eval mode changes its output."""
-
-    def __init__(self, classes: int = 4) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(1, 6, 3, stride=2)
-        self.bn = nn.BatchNorm2d(6)
-        self.drop = nn.Dropout(0.5)
-        self.fc = nn.Linear(6 * 5 * 5, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.drop(F.relu(self.bn(self.conv(x))).flatten(1)))
-
-
-class RaisesOnCall(nn.Module):
-    """Wraps a model and raises on its n-th forward call."""
-
-    def __init__(self, inner: nn.Module, n: int) -> None:
-        super().__init__()
-        self.inner, self.n, self.calls = inner, n, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.n:
-            raise RuntimeError("boom in forward")
-        return self.inner(x)
-
-
-@pytest.fixture
-def net() -> SmallNet:
-    torch.manual_seed(0)
-    net = SmallNet()
-    with torch.no_grad():  # non-trivial BatchNorm running statistics
-        net.bn.running_mean.uniform_(-0.2, 0.2)
-        net.bn.running_var.uniform_(0.5, 2.0)
-    return net
-
-
-@pytest.fixture
-def batch():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(12, 1, 12, 12, generator=g)
-    x[0] = 0.0
-    x[1] = 1.0
-    x[2, :, :6] = 0.0
-    x[2, :, 6:] = 1.0
-    y = torch.randint(0, 4, (12,), generator=g)
-    return x, y
 
 
 def dist(d: torch.Tensor, norm: str) -> torch.Tensor:
