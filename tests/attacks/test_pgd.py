@@ -28,6 +28,7 @@ def batch(small_batch):
     """conftest's `small_batch`, under this module's short name."""
     return small_batch
 
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # The PGD family (PGD, FGSM); AutoAttack wraps another library and has its own tests in test_autoattack.py.
