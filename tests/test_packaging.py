@@ -60,4 +60,6 @@ def test_the_wheel_installs_and_runs_one_epoch_from_the_shipped_data(wheel_venv,
     assert ran.returncode == 0, ran.stderr[-2000:]
     res = json.loads(next((tmp_path / "runs").glob("*/results.json")).read_text())
     assert res["status"] == "complete" and res["test"]["n"] == 64 and len(res["history"]) == 1
+    html = (tmp_path / "runs" / "report.html").read_text()  # the stylesheet is package data (report/report.css)
+    assert "<style>\nbody { font:" in html
     assert _roli(wheel_venv, tmp_path, "--version").stdout.strip() == f"roli {res['versions']['roli']}"
