@@ -1,4 +1,4 @@
-"""`roli run | eval | list | sweep | tune | report | export`: thin wrappers over the Python API.
+"""`roli run | eval | list | config | sweep | tune | report | export`: thin wrappers over the Python API.
 
 One handler (`_run`, `_eval`, ...) and one parser function (`_add_run`, ...) per verb.
 
@@ -18,8 +18,6 @@ from pathlib import Path
 
 from roli.numbers import eps_str, number_str
 from roli.version import __version__
-
-EPS_FIELDS = ("eps", "step_size")  # config fields `roli list` shows as k/255 (a budget or a PGD step)
 
 log = logging.getLogger("roli")
 
@@ -106,19 +104,16 @@ def summary_line(result: dict) -> str:
             f" [{result.get('device', '?')}, {result.get('seconds', 0):.0f} s]")
 
 
-def _type_name(tp) -> str:
-    if typing.get_origin(tp) is typing.Literal:
-        return "|".join(map(str, typing.get_args(tp)))
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
-
-
 def _fields(cls) -> str:
+    """A config class's fields in one line for `roli list` (`roli config` lists them with their help)."""
+    from roli.cli.fields import EPS_FIELDS, type_name
+
     hints = typing.get_type_hints(cls)
 
     def shown(name: str, v) -> str:  # a budget as 8/255 (not 0.03137...); any other number as itself (16, not 16.0)
         return eps_str(v) if name in EPS_FIELDS and isinstance(v, float) else number_str(v)
 
-    return ", ".join(f"{f.name}: {_type_name(hints[f.name])} = {shown(f.name, f.default)}"
+    return ", ".join(f"{f.name}: {type_name(hints[f.name])} = {shown(f.name, f.default)}"
                      for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING and f.name != "name")
 
 
@@ -146,6 +141,18 @@ def _list(a: argparse.Namespace) -> int:
     for name in ATTACKS.names():
         cls = ATTACKS.get(name).config_cls
         print(f"  {name}{'*' if cls.trainable else ''}: {_fields(cls) or '-'}")
+    return 0
+
+
+def _config(a: argparse.Namespace) -> int:
+    """Print every recipe field (of one section) with its type, default and help."""
+    from roli.cli.fields import render
+    from roli.errors import ConfigError
+
+    try:
+        print(render(a.section), end="")
+    except KeyError as e:
+        raise ConfigError(e.args[0]) from None
     return 0
 
 
@@ -272,6 +279,14 @@ def _add_list(sub) -> None:
     sub.add_parser("list", help="registered backbones, datasets, methods and attacks").set_defaults(func=_list)
 
 
+def _add_config(sub) -> None:
+    """`roli config`: its arguments."""
+    c = sub.add_parser("config", help="every recipe field with its type, default and help (no need to read config.py)")
+    c.add_argument("section", nargs="?", help="one section: backbone, data, threat, attack, eval, transfer, train, "
+                   "stage1, run, or one method/attack, e.g. transfer.lora, attack.autoattack (default: all)")
+    c.set_defaults(func=_config)
+
+
 def _add_sweep(sub) -> None:
     """`roli sweep`: its arguments."""
     sw = sub.add_parser("sweep", help="run a grid of recipes (skips complete cells, resumes partial ones)")
@@ -330,7 +345,7 @@ def _add_export(sub) -> None:
 
 
 # One parser function per verb, in --help order.
-VERBS = (_add_run, _add_eval, _add_list, _add_sweep, _add_tune, _add_report, _add_export)
+VERBS = (_add_run, _add_eval, _add_list, _add_config, _add_sweep, _add_tune, _add_report, _add_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
