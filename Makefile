@@ -62,11 +62,12 @@ study-report: $(STAMP)
 	  --findings recipes/study/findings.yaml --doc docs/results.md > /dev/null
 	@echo "study report: docs/results.md, docs/results/report.html (archived runs: docs/results/runs/)"
 
+# The suite in parallel over the cores (its tests are single-threaded): 191 s vs 277 s in one process (AMX Xeon).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m 'not gpu'
+	$(PY) -m pytest -q -n auto -m 'not gpu'
 
 # Lint = ruff's rules (pyproject [tool.ruff.lint]) + a layout check (pycodestyle's indentation, whitespace and blank
 # lines, E1/E2/E3, a ruff preview family). Not `ruff format`: its one-argument-per-line style would rewrite 130 of 167

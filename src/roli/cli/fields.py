@@ -14,6 +14,7 @@ import textwrap
 import typing
 from dataclasses import dataclass
 
+from roli.errors import ConfigError
 from roli.numbers import eps_str, number_str
 
 EPS_FIELDS = ("eps", "step_size")  # fields shown as k/255 (a budget or a PGD step)
@@ -132,7 +133,7 @@ def render(wanted: str | None = None) -> str:
     found = sections()
     keys = list(found) if wanted is None else [k for k in found if k == wanted or k.startswith(f"{wanted}.")]
     if not keys:
-        raise KeyError(f"no config section {wanted!r}; choose one of {', '.join(found)}")
+        raise ConfigError(f"no config section {wanted!r}; choose one of {', '.join(found)}")
     lines = []
     for k in keys:
         lines.append(f"{k}:" if "." not in k else f"{k.split('.')[0]} (name: {k.split('.')[1]}):")
