@@ -81,3 +81,21 @@ class RaisesOnCall(nn.Module):
         if self.calls == self.n:
             raise RuntimeError("boom in forward")
         return self.inner(x)
+
+
+def modes(model: nn.Module) -> list[bool]:
+    """Every module's train flag, in order: what an attack must give back."""
+    return [m.training for m in model.modules()]
+
+
+def grad_flags(model: nn.Module) -> list[bool]:
+    """Every parameter's requires_grad, in order: what an attack must give back."""
+    return [p.requires_grad for p in model.parameters()]
+
+
+def mixed_state(net: nn.Module) -> None:
+    """A training SmallNet with a frozen BatchNorm inside and some frozen parameters: all of it must come back."""
+    net.train()
+    net.bn.eval()
+    net.conv.bias.requires_grad_(False)
+    net.bn.weight.requires_grad_(False)

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from roli.attacks import ATTACKS, make_attack
-from tiny_models import RaisesOnCall
+from tiny_models import RaisesOnCall, grad_flags, mixed_state, modes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,22 +35,6 @@ def make(name: str, norm: str = "linf", eps: float | None = None):
 def dist(d: torch.Tensor, norm: str) -> torch.Tensor:
     d = d.flatten(1)
     return d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
-
-
-def modes(model: nn.Module) -> list[bool]:
-    return [m.training for m in model.modules()]
-
-
-def grad_flags(model: nn.Module) -> list[bool]:
-    return [p.requires_grad for p in model.parameters()]
-
-
-def mixed_state(net: nn.Module) -> None:
-    """A training model with a frozen BatchNorm inside and some frozen parameters: all of it must come back."""
-    net.train()
-    net.bn.eval()
-    net.conv.bias.requires_grad_(False)
-    net.bn.weight.requires_grad_(False)
 
 
 def test_every_attack_has_a_cheap_setting():

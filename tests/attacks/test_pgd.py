@@ -14,7 +14,7 @@ from roli.attacks.pgd import FGSM, PGD, PGDConfig, margin_loss
 from roli.config import ConfigError, DataConfig, ThreatConfig
 from roli.data import build_data, make_loader
 from roli.evaluation.accuracy import accuracy
-from tiny_models import RaisesOnCall, SmallNet, adversarially_trained_mlp
+from tiny_models import RaisesOnCall, SmallNet, adversarially_trained_mlp, grad_flags, mixed_state, modes
 
 
 @pytest.fixture
@@ -57,14 +57,6 @@ def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str = "ce") 
         logits = model(x)
     per = F.cross_entropy(logits, y, reduction="none") if loss == "ce" else margin_loss(logits, y)
     return per.double() + (logits.argmax(1) != y).double() * 1e6  # float64: 1e6 + loss keeps the loss digits
-
-
-def modes(model: nn.Module) -> list[bool]:
-    return [m.training for m in model.modules()]
-
-
-def grad_flags(model: nn.Module) -> list[bool]:
-    return [p.requires_grad for p in model.parameters()]
 
 
 # --------------------------------------------------------------------------- threat model and shapes
@@ -174,30 +166,6 @@ def test_attack_runs_in_eval_mode(net, batch, name):
 
 
 # --------------------------------------------------------------------------- model state
-
-
-def mixed_state(net: nn.Module) -> None:
-    net.train()
-    net.bn.eval()  # a frozen BatchNorm inside a training model
-    net.conv.bias.requires_grad_(False)
-    net.bn.weight.requires_grad_(False)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_mode_and_requires_grad_restored(net, batch, name):
-    x, y = batch
-    mixed_state(net)
-    seen = []
-    net.register_forward_pre_hook(
-        lambda m, inp: seen.append((any(mod.training for mod in m.modules()), any(grad_flags(m))))
-    )
-    before_modes, before_flags = modes(net), grad_flags(net)
-    running = net.bn.running_mean.clone()
-    make(name, eps=0.1, step_size=0.04)(net, x, y)
-    assert seen and all(s == (False, False) for s in seen)  # eval mode, frozen parameters during the attack
-    assert modes(net) == before_modes
-    assert grad_flags(net) == before_flags
-    assert torch.equal(net.bn.running_mean, running)  # no BatchNorm statistics update
 
 
 @pytest.mark.parametrize("fail_on", [1, 2])
