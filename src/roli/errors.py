@@ -96,6 +96,10 @@ class TrainingFailed(RoliError, RuntimeError):
     """Training stopped (non-finite loss); the last good checkpoint is kept."""
 
 
+class UsageError(RoliError, ValueError):
+    """A command line that cannot work as given (e.g. recipes and --resume together); exit 2 like any bad input."""
+
+
 def one_line(e: BaseException) -> str:
     """An error's message on one line. An error re-raised from a DataLoader worker carries the worker's traceback
     in its message ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): keep only the

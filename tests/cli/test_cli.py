@@ -85,8 +85,8 @@ def test_run_end_to_end_writes_the_run_and_the_report(recipe, tmp_path, capsys):
 
 
 def test_run_needs_a_recipe(capsys):
-    with pytest.raises(SystemExit, match="at least one recipe"):
-        main(["run"])
+    assert main(["run"]) == 2  # a usage error is bad input: exit 2, one line
+    assert "roli run: error: give at least one recipe" in capsys.readouterr().err
 
 
 def test_eval_prints_json(finished_run, tmp_path, capsys):
@@ -157,8 +157,8 @@ def test_report_command(finished_run, tmp_path, capsys):
     assert main(["report", str(run_dir.parent), "--out", str(tmp_path)]) == 0
     assert "| shared |" in capsys.readouterr().out
     assert (tmp_path / "report.md").is_file() and (tmp_path / "report_scatter.png").is_file()
-    with pytest.raises(SystemExit, match="no results.json"):
-        main(["report", str(tmp_path / "empty")])
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "roli report: error: no results.json under" in capsys.readouterr().err
 
 
 def test_run_resume_of_a_finished_run(finished_run, tmp_path, capsys):
@@ -307,3 +307,20 @@ def test_help_is_fast():
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "roli", "--help"], check=True, capture_output=True)
     assert time.perf_counter() - t0 < 3.0  # lazy imports: no torch/timm for --help (<1 s on an idle machine)
+
+
+@pytest.mark.parametrize("argv", [["eval", "--checkpoint", "x.pt", "--limit", "0"],
+                                  ["eval", "--checkpoint", "x.pt", "--limit", "-3"],
+                                  ["eval", "--checkpoint", "x.pt", "--steps", "0"],
+                                  ["sweep", "g.yaml", "--nproc", "0"], ["sweep", "g.yaml", "--stop-after", "nan"],
+                                  ["tune", "r.yaml", "--lr", "1e-3", "--epochs", "0"]])
+def test_impossible_counts_are_refused_by_the_parser(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    assert main(["run", "a.yaml", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["roli run: error: give either recipes or --resume DIR, not both"]

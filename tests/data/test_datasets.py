@@ -298,3 +298,21 @@ def test_image_tensors_subset_keeps_original_indices():
     assert sub.indices.tolist() == [4, 1]
     assert sub.subset(np.array([1])).indices.tolist() == [1]
     assert sub.images.shape == (2, 1, 2, 2)
+
+
+@pytest.mark.parametrize(("train_labels", "num_classes"), [([0, 0, 0, 0], None), ([1, 1, 1, 1], 2), ([0] * 4, 1)])
+def test_a_one_class_task_is_refused(train_labels, num_classes):
+    """A one-class training split trains to 100% and tests nothing: a DataError that says so."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from roli.data.custom import from_datasets
+    from roli.errors import DataError
+
+    def ds(labels):
+        return TensorDataset(torch.rand(len(labels), 1, 8, 8), torch.tensor(labels))
+
+    with pytest.raises(DataError, match="1 class in the training split; a classifier needs at least 2"):
+        other = [0, 1] if num_classes != 1 else [0, 0]
+        from_datasets(ds(train_labels), ds(other), ds(other), num_classes=num_classes)
+    from_datasets(ds([0, 1, 0, 1]), ds([0, 1]), ds([0, 1]))  # two classes: fine

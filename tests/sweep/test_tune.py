@@ -72,3 +72,21 @@ def test_grid_edge():
 def test_bad_lr_lists_are_clear_errors(text):
     with pytest.raises(ConfigError, match="--lr"):
         parse_lrs(text)
+
+
+def test_rates_that_name_one_trial_folder_are_refused():
+    """0.001 and 0.0010000001 would share the folder lr0.001, and the second would silently repeat the first."""
+    with pytest.raises(ConfigError, match="both name the trial folder lr0.001"):
+        parse_lrs("0.001,0.0010000001")
+
+
+def test_a_trial_folder_of_another_rate_is_not_reused(recipe, tmp_path):
+    out = tmp_path / "tune"
+    tune(recipe, [1e-4, 1e-2], out)
+    with pytest.raises(ConfigError, match=r"holds a trial at lr 0.0001, not 0.00010000001"):
+        tune(recipe, [1.0000001e-4, 1e-2], out)
+
+
+def test_the_tuned_recipe_keeps_the_exact_rate(recipe, tmp_path):
+    result = tune(recipe, [1.25e-4, 3.0000001e-3], tmp_path / "tune")
+    assert load_config(tmp_path / "tune" / "r.tuned.yaml").train.lr == result["chosen"]["lr"]  # not rounded by :g

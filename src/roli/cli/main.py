@@ -16,6 +16,7 @@ import sys
 import typing
 from pathlib import Path
 
+from roli.errors import UsageError
 from roli.numbers import eps_str, number_str
 from roli.version import __version__
 
@@ -37,7 +38,7 @@ def _run(a: argparse.Namespace) -> int:
     _recipes_after_set(a)
     if a.resume:
         if a.recipes:
-            raise SystemExit("roli run: give either recipes or --resume DIR, not both")
+            raise UsageError("give either recipes or --resume DIR, not both")
         if not (Path(a.resume) / "config.yaml").is_file():
             from roli.errors import RunDirError
             raise RunDirError(f"--resume {a.resume}: not a roli run folder (no config.yaml); pass the folder of the "
@@ -47,12 +48,16 @@ def _run(a: argparse.Namespace) -> int:
         out = Path(a.resume).parent
     else:
         if not a.recipes:
-            raise SystemExit("roli run: give at least one recipe (e.g. recipes/tiny/mnist_full_roli.yaml)")
+            raise UsageError("give at least one recipe (e.g. recipes/tiny/mnist_full_roli.yaml)")
         configs = [(r, load_config(r, a.set)) for r in a.recipes]  # validate every recipe before training any
         out = Path(a.out)
-        if a.name and len(configs) > 1:
-            raise SystemExit("roli run: --name takes one recipe")
-        results = [run(cfg, out=out, recipe=r, name=a.name or cfg.run.name or Path(r).stem) for r, cfg in configs]
+        if a.name is not None and len(configs) > 1:
+            raise UsageError("--name takes one recipe")
+        from roli.training.rundir import check_name
+
+        names = [check_name(a.name, "--name") if a.name is not None else
+                 check_name(cfg.run.name or Path(r).stem, f"{r}: run.name") for r, cfg in configs]  # before any run
+        results = [run(cfg, out=out, recipe=r, name=n) for (r, cfg), n in zip(configs, names)]
     from roli.distributed import world
 
     if not world().is_main:  # under torchrun: rank 0 reports
@@ -161,7 +166,7 @@ def _sweep(a: argparse.Namespace) -> int:
         try:
             seeds = [int(v) for v in a.seeds.split(",")]
         except ValueError:
-            raise SystemExit(f"roli sweep: --seeds takes integers separated by commas (e.g. 0,1), not {a.seeds!r}") from None
+            raise UsageError(f"--seeds takes integers separated by commas (e.g. 0,1), not {a.seeds!r}") from None
     p = plan(a.grid, shard=a.shard, out=a.out, overrides=a.set, seeds=seeds)  # validates every cell's recipe first
     print(describe(p))
     if a.dry_run:
@@ -197,7 +202,7 @@ def _report(a: argparse.Namespace) -> int:
         spec = load_spec(a.findings)  # a bad spec fails before any run is read
     dirs = [p.parent for d in a.dirs for p in sorted(Path(d).glob("**/results.json"))]
     if not dirs:
-        raise SystemExit(f"roli report: no results.json under {a.dirs}")
+        raise UsageError(f"no results.json under {a.dirs}; give the folders of finished runs (or their --out)")
     if a.archive:  # the report is made from the archived copies, so it can be regenerated from them alone
         from roli.report.write import archive
 
@@ -226,6 +231,30 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a limit, step or process count of 0 or below cannot work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _add_run(sub) -> None:
     """`roli run`: its arguments."""
     r = sub.add_parser("run", help="train (RanLI, or both RoLI stages) and test one or more recipes")
@@ -249,9 +278,9 @@ def _add_eval(sub) -> None:
     e.add_argument("--attack", default=None, help="attack name (default: the run's validation attack)")
     e.add_argument("--eps", default=None, help="threat model eps (default: the run's threat.eps), e.g. 8/255")
     e.add_argument("--norm", default=None, choices=["linf", "l2"], help="threat model norm (default: the run's)")
-    e.add_argument("--steps", type=int, default=None, help="PGD steps")
+    e.add_argument("--steps", type=positive_int, default=None, help="PGD steps")
     e.add_argument("--step-size", default=None, help="PGD step size, e.g. 2/255")
-    e.add_argument("--limit", type=int, default=None, help="a seeded, class-balanced subset of N examples")
+    e.add_argument("--limit", type=positive_int, default=None, help="a seeded, class-balanced subset of N examples")
     e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto = CUDA when present (default), else CPU")
     e.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -293,9 +322,9 @@ def _add_sweep(sub) -> None:
     sw.add_argument("--dry-run", action="store_true", help="print the cells and estimated GPU-hours; run nothing")
     sw.add_argument("--out", help="output root (default: the grid's `out:`)")
     sw.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every cell")
-    sw.add_argument("--nproc", type=int, default=1, metavar="N",
+    sw.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                     help="run each cell under torchrun with N processes (one per GPU); default 1 = in this process")
-    sw.add_argument("--stop-after", type=float, metavar="MINUTES",
+    sw.add_argument("--stop-after", type=positive_float, metavar="MINUTES",
                     help="start no new cell after this many minutes (the running one finishes); run again to go on")
     sw.set_defaults(func=_sweep)
 
@@ -305,7 +334,7 @@ def _add_tune(sub) -> None:
     t = sub.add_parser("tune", help="choose train.lr on validation robust accuracy (successive halving; resumable)")
     t.add_argument("recipe")
     t.add_argument("--lr", required=True, help="candidate learning rates, e.g. 1e-4,3e-4,1e-3")
-    t.add_argument("--epochs", type=int, default=1, help="epochs of the first round; doubled every round (default 1)")
+    t.add_argument("--epochs", type=positive_int, default=1, help="epochs of the first round; doubled every round (default 1)")
     t.add_argument("--out", help="folder for the trials (several recipes may share one; default runs/tune/<recipe>)")
     t.add_argument("--record", help="folder for <recipe>.tuned.yaml, .tune.json and .tune.md (default: --out)")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every trial")

@@ -164,6 +164,12 @@ def finish(cfg: DataConfig, train: Dataset, val: Dataset, test: Dataset, num_cla
     (e.g. the lazily loaded image files of roli.data.folder, whose membership is their relative paths).
     """
     parts = {"train": (train, cfg.train_limit), "val": (val, cfg.val_limit), "test": (test, cfg.test_limit)}
+    present = np.unique(split_labels(train))
+    if num_classes < 2 or (len(present) < 2 and not cfg.classes):
+        n = len(present) if num_classes >= 2 else num_classes
+        raise DataError(f"{cfg.name} ({source}): {n} class{'es' if n != 1 else ''} in the training split; a "
+                        "classifier needs at least 2 (a one-class task trains to 100% and tests nothing): check "
+                        "data.root, data.split_file or data.classes")
     for k, (d, _) in parts.items():
         labels = split_labels(d)
         if len(labels) == 0:

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from roli.config import Config, ConfigError, load_config
-from roli.files import atomic_write_json, read_json
+from roli.files import atomic_write_json, atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,12 @@ def parse_lrs(text: str) -> list[float]:
         raise ConfigError(f"--lr {text!r}: expected comma-separated numbers, e.g. 1e-4,3e-4,1e-3") from None
     if not lrs or any(not (v > 0 and math.isfinite(v)) for v in lrs) or len(set(lrs)) != len(lrs):
         raise ConfigError(f"--lr {text!r}: give distinct learning rates > 0, e.g. 1e-4,3e-4,1e-3")
+    names = [f"{v:g}" for v in lrs]  # a trial folder is named by its rate: two rates must not share a name
+    alike = sorted({n for n in names if names.count(n) > 1})
+    if alike:
+        same = [repr(v) for v, n in zip(lrs, names) if n == alike[0]]
+        raise ConfigError(f"--lr {text!r}: {' and '.join(same)} both name the trial folder lr{alike[0]}; give rates "
+                          "that differ in their first 6 significant digits")
     return lrs
 
 
@@ -43,6 +49,9 @@ def _trial(cfg: Config, stem: str, lr: float, epochs: int, out: Path) -> dict:
     trial_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, lr=lr, epochs=epochs,
                                                                    warmup_epochs=warmup))
     run_dir = out / name
+    if (run_dir / "config.yaml").is_file() and (had := load_config(run_dir / "config.yaml").train.lr) != lr:
+        raise ConfigError(f"tune: {run_dir} holds a trial at lr {had!r}, not {lr!r} (the two rates name one folder); "
+                          "tune into another --out, or give that trial's rate")
     if (run_dir / "results.json").is_file() and read_json(run_dir / "results.json").get("status") == "complete":
         log.info("tune: %s is complete, reused", name)
         return read_json(run_dir / "results.json")
@@ -88,14 +97,14 @@ def tune(recipe: str | Path, lrs: list[float], out: str | Path, epochs: int = 1,
     tuned = record / f"{recipe.stem}.tuned.yaml"
     base = os.path.relpath(recipe.resolve(), record.resolve())
     extra = "".join(f"# tuned with --set {o} (not part of this recipe: pass it again)\n" for o in overrides)
-    tuned.write_text(f"# {recipe.name} with the learning rate chosen by `roli tune` on validation robust accuracy\n"
-                     f"# (successive halving over {lrs}; see {recipe.stem}.tune.md). Test accuracy played no part.\n"
-                     f"{extra}base: {base}\ntrain: {{lr: {chosen['lr']:g}}}\n")
+    atomic_write_text(tuned, f"# {recipe.name} with the learning rate chosen by `roli tune` on validation robust "
+                             f"accuracy\n# (successive halving over {lrs}; see {recipe.stem}.tune.md). Test accuracy "
+                             f"played no part.\n{extra}base: {base}\ntrain: {{lr: {chosen['lr']!r}}}\n")
     result = {"recipe": str(recipe), "overrides": list(overrides), "lrs": lrs, "first_epochs": epochs,
               "selection": "best validation robust accuracy (then clean, then smaller lr)", "rounds": rounds,
               "chosen": chosen, "edge": edge, "tuned_recipe": str(tuned)}
     atomic_write_json(record / f"{recipe.stem}.tune.json", result)
-    (record / f"{recipe.stem}.tune.md").write_text(markdown(result))
+    atomic_write_text(record / f"{recipe.stem}.tune.md", markdown(result))
     return result
 
 

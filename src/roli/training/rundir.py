@@ -15,11 +15,34 @@ RESUMABLE_CHANGES = {"run.threads", "run.device", "run.name", "run.keep_resume_s
                      "data.root"}
 
 
+NAME_MAX = 128  # characters in a run folder's name (file systems allow 255 bytes; suffixes and UTF-8 need room)
+
+
+def check_name(name: object, where: str = "run name") -> str:
+    """A run folder's name is a name: not empty, no path separator, not `.` or `..`, no control character, at
+    most NAME_MAX characters; so every run folder lies directly inside `--out`. RunDirError names the fix."""
+    text = name if isinstance(name, str) else ""
+    bad = ("it is empty" if not text.strip() else
+           "it contains a path separator" if "/" in text or "\\" in text else
+           "it is . or .." if text.strip() in (".", "..") else
+           "it contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in text) else
+           f"it is longer than {NAME_MAX} characters" if len(text) > NAME_MAX else None)
+    if not isinstance(name, str):
+        bad = f"it is a {type(name).__name__}, not text"
+    if bad:
+        raise RunDirError(f"{where} {name!r} is not a folder name ({bad}); give a plain name such as lora-roli-s0 "
+                          "(the folder is made inside --out)")
+    return text
+
+
 def new_run_dir(out: Path, name: str) -> Path:
-    """A fresh folder under `out`; an existing run is never reused or overwritten (a suffix is added)."""
+    """A fresh folder directly inside `out`; an existing run is never reused or overwritten (a suffix is added)."""
+    check_name(name)
     out.mkdir(parents=True, exist_ok=True)
     for i in range(1, 10_000):
         path = out / (name if i == 1 else f"{name}-{i}")
+        if path.resolve().parent != out.resolve():  # a symlinked name, or anything else that leads out of `out`
+            raise RunDirError(f"run folder {path} would not lie inside {out}; give a plain name")
         try:
             path.mkdir()
             return path

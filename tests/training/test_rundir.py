@@ -1,0 +1,61 @@
+"""roli.training.rundir: a run folder's name is a name, and every run folder lies directly inside --out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from roli.cli.main import main
+from roli.errors import RunDirError
+from roli.training.rundir import NAME_MAX, check_name, new_run_dir
+
+BASE = Path(__file__).resolve().parents[2] / "recipes" / "tiny" / "mnist_lora_ranli.yaml"
+
+
+@pytest.mark.parametrize(("name", "why"), [("", "empty"), ("  ", "empty"), ("..", ". or .."), (".", ". or .."),
+                                           ("../x", "path separator"), ("a/b", "path separator"),
+                                           ("a\\b", "path separator"), ("a\nb", "control character"),
+                                           ("x" * (NAME_MAX + 1), "longer than"), (None, "not text"), (3, "not text")])
+def test_bad_names_are_refused(name, why, tmp_path):
+    with pytest.raises(RunDirError, match=why):
+        check_name(name)
+    with pytest.raises(RunDirError, match=why):
+        new_run_dir(tmp_path / "out", name)
+    assert not (tmp_path / "out").exists()  # refused before anything is made
+
+
+@pytest.mark.parametrize("name", ["lora-roli-s0", "mnist_full_ranli", "résumé", "x" * NAME_MAX, "a.b"])
+def test_plain_names_are_folders_inside_out(name, tmp_path):
+    assert new_run_dir(tmp_path, name) == tmp_path / name
+    assert new_run_dir(tmp_path, name) == tmp_path / f"{name}-2"  # never reused
+
+
+def test_a_symlinked_name_that_leads_out_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "out" / "run").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(RunDirError, match="would not lie inside"):
+        new_run_dir(tmp_path / "out", "run")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "..", ""])
+def test_roli_run_name_stays_inside_out(name, tmp_path, capsys):
+    recipe = tmp_path / "deep" / "r.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text(f"base: {BASE}\n")
+    assert main(["run", str(recipe), "--name", name, "--out", str(tmp_path / "deep" / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder name" in err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "r.yaml"]  # nothing made, in or out of --out
+
+
+def test_a_recipes_run_name_is_checked_before_any_run(tmp_path, capsys):
+    base = BASE
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(f"base: {base}\n")
+    bad.write_text(f"base: {base}\nrun: {{name: ../x}}\n")
+    assert main(["run", str(good), str(bad), "--out", str(tmp_path / "out")]) == 2  # the good one does not train
+    assert "run.name '../x' is not a folder name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
