@@ -8,8 +8,10 @@ file or one with flipped bytes is a CheckpointError instead of silently wrong we
 
 from __future__ import annotations
 
+import errno
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -82,7 +84,24 @@ def _unpickler_reason(e: Exception) -> str:
 def atomic_save(obj: Any, path: str | Path) -> None:
     """Write to a temp file in the same folder, flush it, then rename: a kill never leaves a half-written file, and
     a failing write (disk full, permission denied: roli.errors.WriteError) leaves the previous file as it was."""
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    write_atomic(path, lambda tmp: _torch_save(obj, tmp))
+
+
+FULL_BELOW = 1 << 20  # bytes free on the file system below which a failed torch.save counts as a full disk
+
+
+def _torch_save(obj: Any, tmp: Path) -> None:
+    """torch.save, with the write failure of torch's zip writer (a RuntimeError such as `unexpected pos 704 vs
+    598`, seen on a full tmpfs) turned into the OSError it is, so `write_atomic` explains it in one line."""
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as e:
+        try:
+            full = shutil.disk_usage(tmp.parent).free < FULL_BELOW
+        except OSError:
+            full = False
+        reason = " ".join(str(e).split())[:200]
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"torch.save failed ({reason})") from e
 
 
 def save_new(obj: Any, path: str | Path) -> None:

@@ -367,3 +367,62 @@ def test_resuming_a_complete_run_rewrites_nothing(reference, tmp_path, capsys):
     rc, err = cli(["run", "--resume", copy], capsys)
     assert rc == 0, err
     assert snapshot(copy) == before  # not retrained or re-tested (a lean run folder has no checkpoint.pt to resume)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 MiB tmpfs (needs root and mount rights, as on the project's machines and CI), unmounted after."""
+    import shutil
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); the simulated ENOSPC test above covers the logic")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Fill the file system of `folder` to the last byte with one file; returns it (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: a write that does not fit fails here, not at close
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError:
+                pass
+    return filler
+
+
+def test_a_really_full_disk_is_one_line_and_the_run_resumes_identically(recipe, reference, small_disk, capsys,
+                                                                         monkeypatch):
+    """Not simulated: epoch 2's checkpoint meets a file system with no byte left (torch.save raises RuntimeError
+    there, not OSError); roli says so in one line, keeps epoch 1's checkpoint, and resumes to the same result."""
+    real_save, calls, filler = torch.save, [], []
+
+    def fill_before_second_checkpoint(obj, f, *args, **kwargs):
+        if ".checkpoint.pt." in str(f):
+            calls.append(f)
+            if len(calls) == 2:
+                filler.append(_fill(small_disk))
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fill_before_second_checkpoint)
+    out = small_disk / "runs"
+    rc, err = cli(["run", recipe, "--out", out], capsys)
+    assert filler, f"the run never reached its second checkpoint: {err}"
+    line = one_line(err)
+    assert rc == 2 and "the disk is full" in line and "checkpoint.pt" in line and "unchanged" in line
+    run_dir = out / "r"
+    assert load_file(run_dir / "checkpoint.pt")["epoch"] == 1
+    assert not temp_files(run_dir)
+    filler[0].unlink()  # space freed
+    monkeypatch.setattr(torch, "save", real_save)
+    rc, err = cli(["run", "--resume", run_dir], capsys)
+    assert rc == 0, err
+    assert_same_run(reference, run_dir)
