@@ -76,6 +76,9 @@ def build_model(cfg: BackboneConfig, num_classes: int | None = None, load_weight
     else:
         mean, std, norm_from = defaults["mean"], defaults["std"], "architecture"
     in_chans = (getattr(net, "pretrained_cfg", None) or {}).get("input_size", (len(mean),))[0]
+    if len(mean) not in (1, in_chans) or len(std) != len(mean):
+        raise BackboneError(f"backbone.mean/std have {len(mean)}/{len(std)} values ({norm_from}) but {cfg.name} takes "
+                            f"{in_chans} channel(s): give {in_chans} values each (or one, for every channel)")
     input_size = cfg.input_size or (loaded or {}).get("input_size")  # a reused roli file keeps its resize
     report = {  # goes into results.json
         "arch": cfg.name, "known": known.name if known else None, "checkpoint": loaded,

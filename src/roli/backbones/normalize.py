@@ -67,3 +67,31 @@ class Classifier(nn.Module):
     def head(self) -> nn.Module:
         """The classification head (`net.get_classifier()`): trained by every transfer method."""
         return self.net.get_classifier()
+
+
+def check_inputs(model: Classifier, data, num_classes: int, name: str, n: int = 2) -> None:
+    """One forward of the first `n` examples of `data` (a training split) before a run starts: an input the backbone
+    cannot take (an RGB dataset into a 1-channel backbone, 224-pixel images into a 28-pixel ViT, an impossible
+    `backbone.input_size`) or logits of the wrong shape is one BackboneError line naming the shapes and the fix, not
+    a traceback in epoch 1."""
+    from roli.errors import BackboneError, one_line
+
+    x = torch.stack([data[i][0] for i in range(min(n, len(data)))])
+    shape = "x".join(map(str, x.shape[1:]))
+    want = model.normalize.in_chans
+    if want and x.shape[1] > want:
+        raise BackboneError(f"the data has {x.shape[1]} channels but {name} takes {want}: use a backbone for "
+                            f"{x.shape[1]}-channel images (roli repeats a gray channel, it never drops colour)")
+    was = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except (RuntimeError, AssertionError, ValueError, IndexError) as e:
+        raise BackboneError(f"{name} cannot take the data's {shape} (channels x height x width) images: {one_line(e)}"
+                            "; match data.crop_size (image folders) to the backbone's input size, or set "
+                            "backbone.input_size to resize inside the model") from None
+    finally:
+        model.train(was)
+    if tuple(out.shape) != (len(x), num_classes):
+        raise BackboneError(f"{name} gives outputs of shape {tuple(out.shape)} for {len(x)} images of {shape}; "
+                            f"roli needs logits of shape ({len(x)}, {num_classes})")

@@ -27,6 +27,7 @@ from roli import distributed
 from roli.attacks import build_attack
 from roli.backbones import build_model
 from roli.backbones.custom import from_module, module_digest
+from roli.backbones.normalize import check_inputs
 from roli.checkpoints import load_file
 from roli.config import (
     BackboneConfig,
@@ -165,19 +166,14 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
     if not w.is_main:  # one log, from rank 0; the others speak only for warnings and errors
         logging.getLogger("roli").setLevel(max(logging.getLogger("roli").getEffectiveLevel(), logging.WARNING))
     out = Path(out)
+    made = _missing_parents(out)  # folders this run makes: removed again if it fails before it starts
     t0 = time.perf_counter()
+    run_dir = None
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
-        check_same_config(cfg, run_dir)
-        done = read_results(run_dir)
-        if done and done.get("status") == "complete":  # nothing to resume: its files are never rewritten
-            log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
-            return {**done, "run_dir": str(run_dir)}  # the folder as found now (it may have been moved)
+        run_dir, done = _resumable(cfg, Path(resume))
+        if done is not None:  # nothing to resume: its files are never rewritten
+            return done
         out = run_dir.parent
-    else:
-        run_dir = None
     stage1 = None
     if cfg.transfer.init == "roli":
         s1_dir, s1_res = ensure_stage1(cfg, out, custom)
@@ -204,10 +200,36 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
         # so that nobody (a sweep) mistakes it for resumable work.
         if resume is None and w.is_main and not (run_dir / "results.json").exists() and discard_unstarted(run_dir):
             log.info("removed %s: the run failed before training started", run_dir)
+            for folder in made:  # --out and the parents this run made, if they are empty now
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
         raise
     finally:
         logging.getLogger("roli").removeHandler(handler)
         handler.close()
+
+
+def _missing_parents(out: Path) -> list[Path]:
+    """`out` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _resumable(cfg: Config, run_dir: Path) -> tuple[Path, dict | None]:
+    """A run folder to resume, checked (its config.yaml, the same settings); with the results of a complete run,
+    which is never rewritten."""
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
+    check_same_config(cfg, run_dir)
+    done = read_results(run_dir)
+    if done and done.get("status") == "complete":
+        log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
+        return run_dir, {**done, "run_dir": str(run_dir)}  # the folder as found now (it may have been moved)
+    return run_dir, None
 
 
 def accelerate(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module:
@@ -231,6 +253,7 @@ def _build_model(cfg: Config, splits: Splits, stage1: dict | None, custom: Custo
     else:
         model = build_model(cfg.backbone, splits.num_classes)
     backbone_report = model.load_report
+    check_inputs(model, splits.train, splits.num_classes, cfg.backbone.name)
     init_ranli(model, cfg.transfer)
     if stage1 is not None:
         init_roli(model, head_state(stage1["checkpoint"]), stage1["checkpoint"])

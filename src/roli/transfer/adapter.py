@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from roli.config import TransferConfig
+from roli.errors import ConfigError
 from roli.transfer.base import TRANSFER, TransferMethod, UnsupportedBackbone
 
 SUPPORTED = "timm VisionTransformer and SwinTransformer backbones (transformer blocks with an `.mlp`)"
@@ -79,7 +80,8 @@ class AdapterMlp(nn.Module):
         if dim is None:
             raise ValueError(f"{type(base_layer).__name__} has no Linear fc1/fc2 of equal in/out width to adapt")
         if dim // reduction < 1:
-            raise ValueError(f"reduction {reduction} leaves no bottleneck for a block of width {dim}")
+            raise ConfigError(f"transfer.reduction {reduction} leaves no bottleneck for a block of width {dim}: the "
+                              f"bottleneck is width // reduction; give a reduction of at most {dim} (e.g. 8)")
         self.base_layer = base_layer
         w = base_layer.fc1.weight
         self.adapter = Adapter(dim, dim // reduction, init, device=w.device, dtype=w.dtype)
