@@ -59,3 +59,32 @@ def test_a_recipes_run_name_is_checked_before_any_run(tmp_path, capsys):
     assert main(["run", str(good), str(bad), "--out", str(tmp_path / "out")]) == 2  # the good one does not train
     assert "run.name '../x' is not a folder name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _copy_run(finished_run, tmp_path) -> Path:
+    import shutil
+
+    run_dir = tmp_path / "runs" / "r"
+    shutil.copytree(finished_run[0], run_dir)
+    return run_dir
+
+
+def test_resume_with_another_recipes_config_writes_nothing(finished_run, fast_cfg, tmp_path, capsys):
+    from roli.config import dump_config
+
+    run_dir = _copy_run(finished_run, tmp_path)
+    dump_config(fast_cfg(["transfer.name=linear_probe", "train.lr=0.5"]), run_dir / "config.yaml")  # swapped in
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    assert "its config.yaml is not the one its results.json was made with" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # nothing rewritten
+
+
+def test_resume_never_writes_through_a_link_out_of_the_run_folder(finished_run, tmp_path, capsys):
+    run_dir = _copy_run(finished_run, tmp_path)
+    target = tmp_path / "precious.txt"
+    target.write_text("mine\n")
+    (run_dir / "train.log").unlink()
+    (run_dir / "train.log").symlink_to(target)
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    assert "is a link to" in capsys.readouterr().err and target.read_text() == "mine\n"

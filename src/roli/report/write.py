@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from roli.errors import ResultsError
-from roli.files import atomic_write_json, atomic_write_text, read_json, write_atomic
+from roli.files import atomic_write_json, atomic_write_text, locked, read_json, write_atomic
 from roli.report import plots
 from roli.report.collect import collect
 from roli.report.groups import METRICS, groups
@@ -100,6 +100,12 @@ def write_report(out: Path, run_dirs: list[Path], spec: dict | None = None, doc:
     (derived files, regenerated). With a findings `spec` (see `findings.load_spec`) also findings.json and the
     findings in report.md/html; with `doc`, a copy of report.md there (figure links relative to it)."""
     out = Path(out)
+    with locked(out / ".report.lock"):  # two runs (or sweep shards) finishing together write one report in turn
+        return _write_report(out, run_dirs, spec, doc)
+
+
+def _write_report(out: Path, run_dirs: list[Path], spec: dict | None, doc: Path | None) -> Path:
+    """`write_report` under its lock."""
     rows = collect(run_dirs)  # first: an unreadable results.json leaves the previous report as it was
     out.mkdir(parents=True, exist_ok=True)
     for stale in DERIVED:

@@ -7,6 +7,7 @@ evaluation, seed and stage-1 training settings is reused (its `stage1_key` in re
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -42,9 +43,17 @@ from roli.data.custom import from_datasets
 from roli.device import deterministic, device_name, oom_hint
 from roli.errors import ResultsError, RunDirError
 from roli.evaluation.accuracy import evaluate
-from roli.files import discard_unstarted, read_json, sha256sum
+from roli.files import discard_unstarted, locked, read_json, sha256sum
 from roli.precision import RunPrecision, run_precision
-from roli.training.rundir import check_same_config, new_run_dir, read_results, write_results
+from roli.training.rundir import (
+    RESUMABLE_CHANGES,
+    changed_settings,
+    check_no_links_out,
+    check_same_config,
+    new_run_dir,
+    read_results,
+    write_results,
+)
 from roli.training.trainer import FitResult, TrainingFailed, fit, seed_everything
 from roli.transfer import build_transfer
 from roli.transfer.heads import head_state, init_ranli, init_roli
@@ -132,6 +141,14 @@ def ensure_stage1(cfg: Config, out: Path, custom: Custom | None = None) -> tuple
     """RoLI's stage 1 for `cfg`: reused from the cache, resumed, or run; returns its folder and results."""
     s1 = stage1_config(cfg)
     key = stage1_key(s1, custom)
+    # Two runs in one --out that need the same stage 1: the second waits for the first's, then reuses it.
+    lock = locked(out / f".stage1-{key[:10]}.lock") if distributed.world().is_main else contextlib.nullcontext()
+    with lock:
+        return _stage1(s1, key, out, custom)
+
+
+def _stage1(s1: Config, key: str, out: Path, custom: Custom | None) -> tuple[Path, dict]:
+    """`ensure_stage1` under its lock."""
     # Under torchrun rank 0 decides (reuse, resume or run) and every rank follows: a folder rank 0 creates must not
     # change another rank's decision.
     found, pending_exists = distributed.broadcast((find_stage1(out, key), (out / f"stage1-{key[:10]}").exists()))
@@ -225,7 +242,14 @@ def _resumable(cfg: Config, run_dir: Path) -> tuple[Path, dict | None]:
     if not (run_dir / "config.yaml").is_file():
         raise RunDirError(f"{run_dir} is not a roli run folder (no config.yaml); pass the folder of the run")
     check_same_config(cfg, run_dir)
+    check_no_links_out(run_dir)
     done = read_results(run_dir)
+    if done and isinstance(done.get("config"), dict):  # checked before anything is written
+        diff = changed_settings(to_dict(cfg), done["config"], RESUMABLE_CHANGES)
+        if diff:
+            raise RunDirError(f"{run_dir}: its config.yaml is not the one its results.json was made with "
+                              f"({'; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in diff[:3])}); was another recipe's "
+                              "config.yaml copied in? Restore the run's own, or start a new run")
     if done and done.get("status") == "complete":
         log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
         return run_dir, {**done, "run_dir": str(run_dir)}  # the folder as found now (it may have been moved)

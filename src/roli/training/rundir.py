@@ -77,3 +77,13 @@ def check_same_config(cfg: Config, run_dir: Path) -> None:
     if diff:
         raise ConfigError(f"{run_dir} was made with different settings ({'; '.join(diff[:5])}); resume it with its "
                           "own config.yaml (no --set), or start a new run")
+
+
+def check_no_links_out(run_dir: Path) -> None:
+    """Before a resume writes anything: no file of the run folder is a link that leads out of it (roli appends to
+    train.log and replaces its other files; it never writes through a link to somewhere else)."""
+    inside = run_dir.resolve()
+    for p in sorted(run_dir.iterdir()):
+        if p.is_symlink() and inside not in p.resolve().parents:
+            raise RunDirError(f"{p} is a link to {p.resolve()}, outside the run folder; roli does not write through "
+                              "it. Replace the link by the file itself (or remove it), then resume")
