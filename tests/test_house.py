@@ -21,7 +21,7 @@ _spec.loader.exec_module(house)
 # Each package on its floor; a module may import its own floor or a lower one, never a higher one.
 FLOORS = {
     0: ("roli", "roli.config", "roli.registry", "roli.errors", "roli.files", "roli.version", "roli.device",
-        "roli.threat", "roli.numbers", "roli.checkpoints", "roli.precision"),
+        "roli.threat", "roli.numbers", "roli.checkpoints", "roli.precision", "roli.strict_yaml"),
     1: ("roli.backbones", "roli.data", "roli.attacks"),
     2: ("roli.transfer", "roli.distributed"),
     3: ("roli.evaluation",),

@@ -25,6 +25,7 @@ from roli.errors import ConfigError
 from roli.files import atomic_write_text
 from roli.numbers import parse_number
 from roli.registry import ATTACKS, CONVERTERS, TRANSFER
+from roli.strict_yaml import load_yaml, shown
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ log = logging.getLogger(__name__)
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
+
+
+# Every integer field ends up in torch or numpy, which take 64-bit integers: a larger one is refused when the recipe is
+# loaded, not deep inside a run.
+INT64 = (-(2**63), 2**63 - 1)
+# run.seed: the data order of epoch e is seeded with torch.Generator().manual_seed(seed * 1000 + e), which takes
+# [-2**63, 2**64 - 1]; 2**53 keeps that true for any epoch count (and is the largest integer a JSON reader keeps exact).
+SEED_RANGE = (-(2**53), 2**53)
+THREADS_MAX = 2**31 - 1  # torch.set_num_threads takes a C int
 
 
 DROP_KNOBS = ("drop_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate", "drop_path_rate")
@@ -66,12 +76,15 @@ class BackboneConfig:
         for pattern, _ in self.key_map:
             try:
                 re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"key_map: {pattern!r} is not a valid regular expression ({e})") from None
+            except (re.error, OverflowError, RecursionError) as e:  # OverflowError: a repeat count like a{4294967296}
+                raise ValueError(f"key_map: {shown(pattern)} is not a valid regular expression ({e})") from None
         if self.format != "auto":
             _check(self.format in CONVERTERS, f"format {self.format!r} is unknown; choose auto or one of "
                                               f"{CONVERTERS.names()}")
         _check((self.mean is None) == (self.std is None), "give both mean and std, or neither")
+        _check(self.mean is None or len(self.mean) == len(self.std) >= 1,
+               f"mean and std need one value per input channel each (e.g. 3 and 3, or 1 and 1), got "
+               f"{len(self.mean or ())} and {len(self.std or ())}: give the same number of values")
         _check(self.std is None or all(s > 0 for s in self.std), "std must be > 0")
         _check(self.input_size is None or self.input_size > 0, "input_size must be > 0")
 
@@ -105,6 +118,8 @@ class DataConfig:
         _check(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch sizes must be >= 1")
         _check(self.crop_size >= 1 and self.resize_size >= self.crop_size, "need 1 <= crop_size <= resize_size")
         _check(self.num_workers >= 0, "num_workers must be >= 0")
+        _check(self.split_seed >= 0, f"split_seed must be >= 0 (numpy's generators take no negative seed), got "
+                                     f"{self.split_seed}")
         _check(0 < self.val_fraction < 1, "val_fraction must be in (0, 1)")
         for k in ("train_limit", "val_limit", "test_limit"):
             _check(getattr(self, k) is None or getattr(self, k) >= 1, f"{k} must be >= 1 or null")
@@ -251,6 +266,13 @@ class RunSettings:
     sync_bn: bool = False  # under torchrun: trainable BatchNorm layers as SyncBatchNorm (statistics over all ranks)
     compile: bool = False  # torch.compile the network (GPU: often faster after warm-up; CPU: measured no gain for ViTs)
 
+    def __post_init__(self) -> None:
+        lo, hi = SEED_RANGE
+        _check(lo <= self.seed <= hi, f"seed must be in [-2**53, 2**53] (the data order is seeded with seed * 1000 + "
+                                      f"epoch, a 64-bit number), got {self.seed}: choose a seed in that range")
+        _check(self.threads is None or 1 <= self.threads <= THREADS_MAX,
+               f"threads must be in [1, 2**31 - 1], or null for the number of cores; got {self.threads}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
@@ -291,6 +313,39 @@ class Config:
 
 # --------------------------------------------------------------------------- strict loading
 
+def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
+    """A bool, int, float, str or Literal field's value, checked."""
+    if isinstance(value, Mapping):  # e.g. `--set train.lr.x=1`
+        raise ConfigError(f"{where} is one value, not a section with keys {shown(list(value))}: write "
+                          f"`{where}=VALUE` with --set, or `{where.rpartition('.')[2]}: VALUE` in the recipe")
+    if typing.get_origin(tp) is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {shown(value)} is not valid; choose one of {list(typing.get_args(tp))}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {shown(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {shown(value)}")
+        if not INT64[0] <= value <= INT64[1]:
+            raise ConfigError(f"{where}: {shown(value)} is outside [-2**63, 2**63 - 1], the 64-bit integers torch "
+                              "and numpy take: give a smaller number")
+        return value
+    if tp is float:
+        try:  # "8/255", and "1e-3" (which YAML 1.1 reads as a string)
+            return parse_number(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a finite number (or a fraction like 8/255), got "
+                              f"{shown(value)}") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {shown(value)}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {tp}")  # pragma: no cover - a bug in a config class
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -302,38 +357,17 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return _coerce(arg, value, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {tp}")
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not valid; choose one of {list(args)}")
-        return value
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {shown(value)} does not fit {tp}")
     if origin is tuple:
-        if not isinstance(value, Sequence) or isinstance(value, str):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes, bytearray)):
+            raise ConfigError(f"{where}: expected a list, got {shown(value)}")
         item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
         if len(item_types) != len(value):
             raise ConfigError(f"{where}: expected {len(item_types)} values, got {len(value)}")
         return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in enumerate(zip(item_types, value)))
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        try:  # "8/255", and "1e-3" (which YAML 1.1 reads as a string)
-            return parse_number(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a finite number (or a fraction like 8/255), got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported field type {tp}")  # pragma: no cover - a bug in a config class
+    return _coerce_scalar(tp, value, where)
 
 
 def from_dict(cls: type, data: Any, where: str = "config") -> Any:
@@ -341,8 +375,10 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where or 'recipe'}: expected a mapping of keys, got {data!r}")
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping of keys, got {shown(data)}")
     if hasattr(cls, "_resolve"):
+        if not isinstance(data.get("name", ""), str):
+            raise ConfigError(f"{where}.name: expected a string (a registered name), got {shown(data['name'])}")
         try:
             cls = cls._resolve(data)
         except KeyError as e:
@@ -351,7 +387,8 @@ def from_dict(cls: type, data: Any, where: str = "config") -> Any:
     valid = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in valid]
     if unknown:
-        raise ConfigError(f"{where or 'top level'}: unknown key(s) {unknown}; valid keys are {valid}")
+        raise ConfigError(f"{where or 'top level'}: unknown key(s) [{', '.join(shown(k, 40) for k in unknown)}]; "
+                          f"valid keys are {valid}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -377,19 +414,28 @@ def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+EMPTY_RECIPE = ("the recipe is empty: an empty recipe runs nothing you chose; a minimal recipe is `base:` a shipped "
+                "recipe (a path relative to this file, e.g. recipes/tiny/mnist_base.yaml) plus the sections it "
+                "changes, e.g. `transfer: {name: lora}`")
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a recipe; `base: other.yaml` (relative to this file) is loaded first and overridden."""
+    """Read a recipe strictly (a key given twice, a tag or an empty file is an error); `base: other.yaml` (relative
+    to this file) is loaded first and overridden."""
     path = Path(path)
-    if path.resolve() in _seen:
-        raise ConfigError(f"{path}: `base:` includes form a cycle: {' -> '.join(map(str, (*_seen, path.resolve())))}")
-    if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise ConfigError(f"{path}: cannot read the recipe ({type(e).__name__}: {e})") from None
+        resolved, found = path.resolve(), path.is_file()
+        text = path.read_text() if found and resolved not in _seen else ""
+    except (OSError, ValueError) as e:  # a name too long or holding a NUL; UnicodeDecodeError is a ValueError too
+        name = str(path) if str(path).isprintable() else repr(str(path))
+        raise ConfigError(f"{name[:120]}: cannot read the recipe ({type(e).__name__}: {str(e)[:200]})") from None
+    if resolved in _seen:
+        raise ConfigError(f"{path}: `base:` includes form a cycle: {' -> '.join(map(str, (*_seen, resolved)))}")
+    if not found:
+        raise ConfigError(f"{path}: recipe file not found")
+    data = load_yaml(text, str(path))
+    if data is None:
+        raise ConfigError(f"{path}: {EMPTY_RECIPE}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections")
     if "base" in data:
@@ -398,7 +444,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         if isinstance(bases, str):
             bases = [bases]
         if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-            raise ConfigError(f"{path}: `base:` must be a file name or a list of file names, got {bases!r}")
+            raise ConfigError(f"{path}: `base:` must be a file name or a list of file names, got {shown(bases)}")
         merged: dict[str, Any] = {}
         for base in bases:
             merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path.resolve())))
@@ -407,26 +453,33 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """`train.epochs=3 attack.eps=8/255` -> nested dict; values are parsed as YAML scalars."""
+    """`train.epochs=3 attack.eps=8/255` -> nested dict; values are parsed as YAML scalars, an empty value is null
+    (fine for an optional field, an error naming any other). No `=`, an empty key part (`train..lr`) or a key below
+    one an earlier item set to a value (`train=3 train.lr=1`) is a ConfigError."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.epochs=3")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
+            what = "no `=`" if not sep else "an empty key" if not key.strip() else f"an empty part in {key.strip()!r}"
+            raise ConfigError(f"--set {shown(item)}: {what}; expected section.key=value, e.g. train.epochs=3")
         node = out
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
-        node[leaf] = parse_scalar(raw, f"--set {item!r}") if raw.strip() else None
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {shown(item)}: an earlier --set gave {'.'.join(parts[:i + 1])} a value, "
+                                  f"so it has no key {parts[i + 1]!r}; give one of the two")
+        node[parts[-1]] = parse_scalar(raw, f"--set {shown(item)}") if raw.strip() else None
     return out
 
 
 def parse_scalar(raw: str, where: str) -> Any:
     """A command-line value read as YAML (`3`, `0.1`, `8/255`, `[a, b]`, `true`), safely."""
     try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: {raw!r} is not a valid value ({str(e).splitlines()[0]})") from None
+        return load_yaml(raw, where)
+    except ConfigError as e:
+        detail = str(e).removeprefix(f"{where}: ").removeprefix("not valid YAML: ").splitlines()
+        raise ConfigError(f"{where}: {shown(raw, 40)} is not a valid value ({detail[0] if detail else ''})") from None
 
 
 # roli 0.1 keys -> today's: the threat model lived in `attack`, the evaluation attack was `eval.attack_*`.
@@ -479,12 +532,15 @@ def _merge_overrides(raw: dict[str, Any], over: dict[str, Any]) -> dict[str, Any
     out = _deep_merge(raw, over)
     for path in (("attack",), ("eval", "attack")):
         o, r, node = over, raw, out
-        for k in path[:-1]:
+        for k in path[:-1]:  # a section given a scalar (`--set eval=3`) is left to from_dict to refuse
             o, r, node = (o.get(k) or {}), (r.get(k) or {}), node.get(k, {})
-        o_atk, r_atk = o.get(path[-1]), r.get(path[-1])
-        if isinstance(o_atk, Mapping) and isinstance(r_atk, Mapping) and "name" in o_atk and \
-                o_atk["name"] != r_atk.get("name", AttackConfig.name):
-            node[path[-1]] = dict(o_atk)
+            if not all(isinstance(m, Mapping) for m in (o, r, node)):
+                break
+        else:
+            o_atk, r_atk = o.get(path[-1]), r.get(path[-1])
+            if isinstance(o_atk, Mapping) and isinstance(r_atk, Mapping) and "name" in o_atk and \
+                    o_atk["name"] != r_atk.get("name", AttackConfig.name):
+                node[path[-1]] = dict(o_atk)
     return out
 
 
@@ -500,6 +556,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), d
         >>> cfg = roli.load_config("recipes/tiny/mnist_full_roli.yaml", overrides=["train.epochs=3"])
         >>> cfg = roli.load_config(data={"transfer": {"name": "lora", "rank": 8}, "threat": {"eps": "8/255"}})
     """
+    if path is None and data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"config: a recipe must be a mapping of sections, got {shown(data)}")
     raw = read_yaml(path) if path is not None else dict(data or {})
     where = str(path) if path is not None else "config"
     _reject_old_style(raw, where)

@@ -212,6 +212,11 @@ def _resume_changed(ws: Workspace) -> list[Any]:
     return ["run", "--resume", ws.finished(), "--set", "train.lr=0.5"]
 
 
+def _duplicate_in_base(ws: Workspace) -> list[Any]:
+    ws.text("b.yaml", "run: {seed: 1}\nrun: {seed: 2}\n")
+    return ["run", ws.text("child.yaml", "base: b.yaml\ntrain: {epochs: 1}\n"), "--out", ws.out]
+
+
 def _report_foreign(ws: Workspace) -> list[Any]:
     bad = ws.root / "foreign" / "r"
     bad.mkdir(parents=True)
@@ -312,6 +317,46 @@ CASES: list[Case] = [
       "is not a valid value"),
     C("set-python-tag", "cli", "`--set run.seed=!!python/object/apply:os.system [id]`",
       lambda ws: ws.run("run.seed=!!python/object/apply:os.system [id]"), "is not a valid value"),
+    # -- the config boundary (issue 26): duplicate keys, empty recipes, --set paths, ranges
+    C("yaml-duplicate-key", "recipe", "a recipe giving `train.lr` twice",
+      lambda ws: ["run", ws.text("dup.yaml", "train:\n  lr: 0.1\n  lr: 0.2\n"), "--out", ws.out],
+      "dup.yaml", "key 'lr' is given twice", "lines 2 and 3", "keep one"),
+    C("yaml-duplicate-in-base", "recipe", "a `base:` file giving a section twice", _duplicate_in_base, "b.yaml",
+      "key 'run' is given twice"),
+    C("recipe-empty", "recipe", "an empty recipe file (only a comment)",
+      lambda ws: ["run", ws.text("empty.yaml", "# to do\n"), "--out", ws.out], "the recipe is empty",
+      "recipes/tiny/mnist_base.yaml", "transfer: {name: lora}"),
+    C("yaml-bad-date", "recipe", "`run.name: 2001-02-30` (YAML reads a date)",
+      lambda ws: ["run", ws.text("date.yaml", "run: {name: 2001-02-30}\n"), "--out", ws.out],
+      "not valid YAML", "day is out of range", "quote it"),
+    C("yaml-alias-cycle", "recipe", "`train: &t {lr: *t}` (an alias inside itself)",
+      lambda ws: ["run", ws.text("cycle.yaml", "train: &t {lr: *t}\n"), "--out", ws.out], "an alias refers to"),
+    C("set-below-a-value", "cli", "`--set train.lr.x=1` (`train.lr` is a number)", lambda ws: ws.run("train.lr.x=1"),
+      "train.lr is one value, not a section", "`train.lr=VALUE`"),
+    C("set-empty-part", "cli", "`--set train..lr=1`", lambda ws: ws.run("train..lr=1"), "an empty part in 'train..lr'"),
+    C("set-empty-value", "cli", "`--set train.lr=` (no value)", lambda ws: ws.run("train.lr="),
+      "train.lr: expected a finite number", "got null"),
+    C("set-section-value", "cli", "`--set eval=3` (a section set to a number)", lambda ws: ws.run("eval=3"),
+      "eval: expected a mapping of keys, got 3"),
+    C("run-seed-64-bit", "run", "`run.seed: 18446744073709551616` (2**64)", lambda ws: ws.run(f"run.seed={2**64}"),
+      "run.seed", "outside [-2**63, 2**63 - 1]", "give a smaller number"),
+    C("run-seed-range", "run", "`run.seed: 2**60`", lambda ws: ws.run(f"run.seed={2**60}"),
+      "seed must be in [-2**53, 2**53]", "choose a seed in that range"),
+    C("run-threads-0", "run", "`run.threads: 0`", lambda ws: ws.run("run.threads=0"),
+      "threads must be in [1, 2**31 - 1], or null for the number of cores"),
+    C("train-epochs-huge", "train", "`train.epochs: 10**30`", lambda ws: ws.run(f"train.epochs={10**30}"),
+      "train.epochs", "outside [-2**63, 2**63 - 1]"),
+    C("train-lr-huge", "train", "`train.lr: 10**400` (beyond float range)", lambda ws: ws.run(f"train.lr={10**400}"),
+      "train.lr", "expected a finite number"),
+    C("eps-huge", "threat", "`threat.eps: 1e400`", lambda ws: ws.run("threat.eps=1e400"),
+      "threat.eps", "expected a finite number"),
+    C("split-seed-negative", "data", "`data.split_seed: -1`", lambda ws: ws.run("data.split_seed=-1"),
+      "split_seed must be >= 0"),
+    C("mean-std-lengths", "backbone", "`backbone: {mean: [0.5, 0.5, 0.5], std: [0.5]}`",
+      lambda ws: ws.run(over={"backbone": {"mean": [0.5] * 3, "std": [0.5]}}),
+      "mean and std need one value per input channel each", "got 3 and 1"),
+    C("attack-name-list", "attack", "`attack: {name: [pgd]}`", lambda ws: ws.run(over={"attack": {"name": ["pgd"]}}),
+      "attack.name: expected a string"),
     C("dataset-unknown", "data", "`data.name: imagenet`", lambda ws: ws.run("data.name=imagenet"),
       "unknown dataset 'imagenet'"),
     C("backbone-unknown", "backbone", "`backbone.name: vit_huge_9000`", lambda ws: ws.run("backbone.name=vit_huge_9000"),
