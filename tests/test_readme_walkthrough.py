@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "src" / "roli" / "checkpoints" / "vit_tiny_28_fmnist_robust.pt"
 VALUES = {"ARCH": "vit_tiny_28", "CKPT": "my_robust_vit.pth", "DATA": "",
           "BASE": "recipes/tiny/mnist_lora_ranli.yaml"}
-SMALL = "data.train_limit=128 data.val_limit=32 data.test_limit=32 train.epochs=1 stage1.epochs=1"
+SMALL = "data.train_limit=64 data.val_limit=16 data.test_limit=16 train.epochs=1 stage1.epochs=1"
 
 
 def walkthrough() -> str:
@@ -42,7 +42,7 @@ def shipped_version(block: str) -> str:
         block, n = re.subn(rf"^{name}=\S*", f"{name}={value}", block, flags=re.M)
         assert n == 1, f"the walkthrough no longer sets {name}= once"
     block, runs = re.subn(r"^(roli run .*?)(\s+#.*)?$", lambda m: _small(m.group(1)), block, flags=re.M)
-    block, evals = re.subn(r"--limit 1000", "--limit 12", block)
+    block, evals = re.subn(r"--limit 1000", "--limit 6", block)
     assert runs == 2 and evals == 2, (runs, evals)
     return block
 
@@ -69,7 +69,7 @@ def test_the_walkthrough_runs_on_shipped_data(tmp_path):
         assert res["status"] == "complete" and res["init"] == init and res["method"] == "lora"
         assert res["backbone"]["checkpoint"]["file"].endswith(VALUES["CKPT"])
         ev = json.loads(next((runs / name).glob("eval-*-full.json")).read_text())
-        assert ev["results"]["autoattack"]["n"] == 12
+        assert ev["results"]["autoattack"]["n"] == 6
     assert "RoLI" in (runs / "report.md").read_text() and (runs / "report.html").is_file()
 
 
