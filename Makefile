@@ -64,10 +64,10 @@ study-report: $(STAMP)
 
 # The suite in parallel over the cores (its tests are single-threaded): 191 s vs 277 s in one process (AMX Xeon).
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n auto -m 'not gpu'
+	$(PY) -m pytest -q -n auto --dist worksteal -m 'not gpu'
 
 # Lint = ruff's rules (pyproject [tool.ruff.lint]) + a layout check (pycodestyle's indentation, whitespace and blank
 # lines, E1/E2/E3, a ruff preview family). Not `ruff format`: its one-argument-per-line style would rewrite 130 of 167

@@ -33,7 +33,7 @@ def _recipes_after_set(a: argparse.Namespace) -> None:
 
 def _run(a: argparse.Namespace) -> int:
     from roli.config import load_config
-    from roli.report.write import write_report
+    from roli.report.write import read_report, write_report
     from roli.training.pipeline import run
 
     _recipes_after_set(a)
@@ -64,7 +64,7 @@ def _run(a: argparse.Namespace) -> int:
     if not world().is_main:  # under torchrun: rank 0 reports
         return 0
     report = write_report(out, [Path(r["run_dir"]) for r in results])
-    print(report.read_text())
+    print(read_report(out))
     print(f"report: {report}")
     return 0
 
@@ -194,7 +194,7 @@ def _tune(a: argparse.Namespace) -> int:
 
 
 def _report(a: argparse.Namespace) -> int:
-    from roli.report.write import write_report
+    from roli.report.write import read_report, write_report
 
     spec = None
     if a.findings:
@@ -209,7 +209,7 @@ def _report(a: argparse.Namespace) -> int:
 
         dirs = archive(dirs, Path(a.archive))
     report = write_report(Path(a.out or a.dirs[0]), dirs, spec=spec, doc=a.doc)
-    print(report.read_text())
+    print(read_report(report.parent))
     return 0
 
 

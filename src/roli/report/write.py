@@ -140,3 +140,9 @@ def _write_report(out: Path, run_dirs: list[Path], spec: dict | None, doc: Path 
         doc.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(doc, report_markdown(rows, gs, figures, found, links=links))
     return out / "report.md"
+
+
+def read_report(out: Path) -> str:
+    """report.md of `out`, read under the report's lock: another process may be rewriting it right now."""
+    with locked(Path(out) / ".report.lock"):
+        return (Path(out) / "report.md").read_text()
