@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from roli.errors import BackboneError, one_line
+
 
 class PixelNormalize(nn.Module):
     """Inputs in [0,1] pixels -> what the network expects: gray repeated to its channels, resized (bilinear) to
@@ -74,8 +76,6 @@ def check_inputs(model: Classifier, data, num_classes: int, name: str, n: int = 
     cannot take (an RGB dataset into a 1-channel backbone, 224-pixel images into a 28-pixel ViT, an impossible
     `backbone.input_size`) or logits of the wrong shape is one BackboneError line naming the shapes and the fix, not
     a traceback in epoch 1."""
-    from roli.errors import BackboneError, one_line
-
     x = torch.stack([data[i][0] for i in range(min(n, len(data)))])
     shape = "x".join(map(str, x.shape[1:]))
     want = model.normalize.in_chans

@@ -46,10 +46,9 @@ from roli.evaluation.accuracy import evaluate
 from roli.files import discard_unstarted, locked, read_json, sha256sum
 from roli.precision import RunPrecision, run_precision
 from roli.training.rundir import (
-    RESUMABLE_CHANGES,
-    changed_settings,
     check_no_links_out,
     check_same_config,
+    check_same_results,
     new_run_dir,
     read_results,
     write_results,
@@ -244,12 +243,7 @@ def _resumable(cfg: Config, run_dir: Path) -> tuple[Path, dict | None]:
     check_same_config(cfg, run_dir)
     check_no_links_out(run_dir)
     done = read_results(run_dir)
-    if done and isinstance(done.get("config"), dict):  # checked before anything is written
-        diff = changed_settings(to_dict(cfg), done["config"], RESUMABLE_CHANGES)
-        if diff:
-            raise RunDirError(f"{run_dir}: its config.yaml is not the one its results.json was made with "
-                              f"({'; '.join(f'{k}: {a!r} -> {b!r}' for k, a, b in diff[:3])}); was another recipe's "
-                              "config.yaml copied in? Restore the run's own, or start a new run")
+    check_same_results(cfg, run_dir, done)
     if done and done.get("status") == "complete":
         log.info("%s is complete (results.json); nothing to resume, its results are kept", run_dir)
         return run_dir, {**done, "run_dir": str(run_dir)}  # the folder as found now (it may have been moved)

@@ -21,18 +21,16 @@ NAME_MAX = 128  # characters in a run folder's name (file systems allow 255 byte
 def check_name(name: object, where: str = "run name") -> str:
     """A run folder's name is a name: not empty, no path separator, not `.` or `..`, no control character, at
     most NAME_MAX characters; so every run folder lies directly inside `--out`. RunDirError names the fix."""
-    text = name if isinstance(name, str) else ""
-    bad = ("it is empty" if not text.strip() else
-           "it contains a path separator" if "/" in text or "\\" in text else
-           "it is . or .." if text.strip() in (".", "..") else
-           "it contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in text) else
-           f"it is longer than {NAME_MAX} characters" if len(text) > NAME_MAX else None)
-    if not isinstance(name, str):
-        bad = f"it is a {type(name).__name__}, not text"
+    bad = (f"it is a {type(name).__name__}, not text" if not isinstance(name, str) else
+           "it is empty" if not name.strip() else
+           "it contains a path separator" if "/" in name or "\\" in name else
+           "it is . or .." if name.strip() in (".", "..") else
+           "it contains a control character" if any(ord(c) < 32 or ord(c) == 127 for c in name) else
+           f"it is longer than {NAME_MAX} characters" if len(name) > NAME_MAX else None)
     if bad:
         raise RunDirError(f"{where} {name!r} is not a folder name ({bad}); give a plain name such as lora-roli-s0 "
                           "(the folder is made inside --out)")
-    return text
+    return name
 
 
 def new_run_dir(out: Path, name: str) -> Path:
@@ -70,13 +68,30 @@ def changed_settings(now: dict, saved: dict, allowed: set[str] | frozenset[str] 
             if f"{s}.{k}" not in allowed and saved.get(s, {}).get(k) != v]
 
 
+def _resume_diff(cfg: Config, saved: dict, shown: int) -> str:
+    """The first `shown` settings of `cfg` that differ from `saved` but for RESUMABLE_CHANGES, as
+    'key: old -> new; ...' ('' when none do)."""
+    diff = changed_settings(to_dict(cfg), saved, RESUMABLE_CHANGES)
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in diff[:shown])
+
+
 def check_same_config(cfg: Config, run_dir: Path) -> None:
     """A run resumes only with the settings it was made with (config.yaml), but for RESUMABLE_CHANGES."""
-    saved = to_dict(load_config(run_dir / "config.yaml"))
-    diff = [f"{key}: {old!r} -> {new!r}" for key, old, new in changed_settings(to_dict(cfg), saved, RESUMABLE_CHANGES)]
+    diff = _resume_diff(cfg, to_dict(load_config(run_dir / "config.yaml")), 5)
     if diff:
-        raise ConfigError(f"{run_dir} was made with different settings ({'; '.join(diff[:5])}); resume it with its "
-                          "own config.yaml (no --set), or start a new run")
+        raise ConfigError(f"{run_dir} was made with different settings ({diff}); resume it with its own config.yaml "
+                          "(no --set), or start a new run")
+
+
+def check_same_results(cfg: Config, run_dir: Path, results: dict | None) -> None:
+    """Before a resume writes anything: its config is the one its results.json was made with (a config.yaml copied
+    in from another recipe would otherwise rewrite results.json and then fail)."""
+    if not (results and isinstance(results.get("config"), dict)):
+        return
+    diff = _resume_diff(cfg, results["config"], 3)
+    if diff:
+        raise RunDirError(f"{run_dir}: its config.yaml is not the one its results.json was made with ({diff}); was "
+                          "another recipe's config.yaml copied in? Restore the run's own, or start a new run")
 
 
 def check_no_links_out(run_dir: Path) -> None:
