@@ -350,7 +350,7 @@ def test_one_threat_model_for_training_and_evaluation(tiny_cfg):
 @pytest.mark.parametrize("text, match", [
     ("attack: {name: fgsm, steps: 50}\n", r"attack: unknown key\(s\) \['steps'\]; valid keys are \['name', 'loss'\]"),
     ("eval: {attack: {name: autoattack, step_size: 0.1}}\n", r"eval.attack: unknown key\(s\) \['step_size'\]"),
-    ("attack: {name: autoattack}\n", r"'autoattack' cannot be a training attack; choose one of \['fgsm', 'pgd'\]"),
+    ("attack: {name: autoattack}\n", r"'autoattack' cannot be a training attack; choose one of \['fgsm', 'fgsm_rs', 'nfgsm', 'pgd'\]"),
 ])
 def test_each_attack_has_only_its_own_fields(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):

@@ -22,7 +22,7 @@ _spec.loader.exec_module(house)
 FLOORS = {
     0: ("roli", "roli.config", "roli.registry", "roli.errors", "roli.files", "roli.version", "roli.device",
         "roli.threat", "roli.numbers", "roli.checkpoints", "roli.precision", "roli.strict_yaml"),
-    1: ("roli.backbones", "roli.data", "roli.attacks"),
+    1: ("roli.backbones", "roli.data", "roli.attacks", "roli.objectives"),
     2: ("roli.transfer", "roli.distributed"),
     3: ("roli.evaluation",),
     4: ("roli.training",),

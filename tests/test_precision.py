@@ -24,8 +24,8 @@ from roli.attacks import pgd as pgd_mod
 from roli.config import ConfigError, DataConfig, TrainConfig
 from roli.data import build_data
 from roli.evaluation.accuracy import accuracy
+from roli.objectives import base as objectives_base
 from roli.precision import ALLOW_EMULATED_BF16, ATTACK_LOSS_SCALE, FP32, Precision, PrecisionError, resolve
-from roli.training import loop
 from roli.training.loop import train_one_epoch
 from roli.training.optim import build_optimizer, build_scheduler
 
@@ -199,7 +199,7 @@ def test_autocast_covers_the_training_step_with_an_fp32_loss(digits, monkeypatch
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, 2)
     ce_dtypes = []
-    monkeypatch.setattr(loop, "F", type("F", (), {"cross_entropy": staticmethod(
+    monkeypatch.setattr(objectives_base, "F", type("F", (), {"cross_entropy": staticmethod(
         lambda logits, t: ce_dtypes.append(logits.dtype) or F.cross_entropy(logits, t))}))
     before = [p.detach().clone() for p in model.parameters()]
     attack = make_attack("pgd", eps=0.1, step_size=0.04, steps=2, precision=prec)

@@ -30,14 +30,16 @@ def adversarially_trained_mlp(xs: torch.Tensor, ys: torch.Tensor) -> nn.Module:
 # --- one tiny random-init model per backbone family (the registry contracts: tests/transfer, tests/attacks) -------
 
 # Each takes the contract tests' 28x28 grey images: roli's own input layer resizes and repeats channels as needed.
-FAMILIES = ("vit", "resnet", "convnext", "swin")
+FAMILIES = ("vit", "resnet", "convnext", "swin", "xcit")
 
 
 def tiny_backbone(family: str, num_classes: int = 4, seed: int = 0) -> Classifier:
     """A seeded, random-init roli Classifier of `family` (FAMILIES), built as `roli.backbones.build_model` builds
     a timm architecture: ViT = roli's vit_tiny_28 (LayerNorm), ResNet = timm's test_resnet (BatchNorm), ConvNeXt =
     timm's test_convnext at 32x32 (LayerNorm2d, depthwise convs, Linear MLPs), Swin = a 2-stage Swin-T of width 16
-    at 32x32 (window 4: shifted windows, one patch merging), whose size kwargs build_model cannot pass."""
+    at 32x32 (window 4: shifted windows, one patch merging), whose size kwargs build_model cannot pass; XCiT = a
+    2-block XCiT of width 32, patch 8, at 32x32 (4x4 patches; conv patch embedding and local patch interaction
+    with BatchNorm; one class-attention block with separate q/k/v)."""
     torch.manual_seed(seed)
     if family == "vit":
         return build_model(BackboneConfig(name="vit_tiny_28"), num_classes)
@@ -45,11 +47,15 @@ def tiny_backbone(family: str, num_classes: int = 4, seed: int = 0) -> Classifie
         return build_model(BackboneConfig(name="test_resnet"), num_classes)
     if family == "convnext":  # four stages of stride 4, 2, 2, 2: 28x28 would shrink to nothing
         return build_model(BackboneConfig(name="test_convnext", input_size=32), num_classes)
-    if family == "swin":
+    if family in ("swin", "xcit"):
         import timm
 
-        net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, embed_dim=16,
-                                depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=num_classes)
+        if family == "swin":
+            net = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, embed_dim=16,
+                                    depths=(2, 2), num_heads=(1, 2), window_size=4, num_classes=num_classes)
+        else:
+            net = timm.create_model("xcit_nano_12_p8_224", pretrained=False, img_size=32, embed_dim=32, depth=2,
+                                    num_heads=2, cls_attn_layers=1, num_classes=num_classes)
         pc = net.pretrained_cfg
         return Classifier(net, PixelNormalize(pc["mean"], pc["std"], input_size=32, in_chans=3))
     raise ValueError(f"unknown backbone family {family!r}; choose one of {FAMILIES}")

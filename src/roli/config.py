@@ -24,7 +24,7 @@ import yaml
 from roli.errors import ConfigError
 from roli.files import atomic_write_text
 from roli.numbers import parse_number
-from roli.registry import ATTACKS, CONVERTERS, TRANSFER
+from roli.registry import ATTACKS, CONVERTERS, OBJECTIVES, SCHEDULES, TRANSFER
 from roli.strict_yaml import load_yaml, shown
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ INT64 = (-(2**63), 2**63 - 1)
 SEED_RANGE = (-(2**53), 2**53)
 THREADS_MAX = 2**31 - 1  # torch.set_num_threads takes a C int
 
+
+# Field metadata of settings added after a release: left at its default, the field is not part of config_hash.
+SINCE_0_3 = types.MappingProxyType({"identity": "omit_default"})
 
 DROP_KNOBS = ("drop_rate", "proj_drop_rate", "attn_drop_rate", "pos_drop_rate", "drop_path_rate")
 
@@ -169,7 +172,8 @@ class TransferConfig:
     """Which parameters adapt, and how the head starts. Methods subclass this with their own fields."""
 
     name: str = "linear_probe"
-    init: Literal["ranli", "roli"] = "ranli"  # random head, or the stage-1 adversarial linear-probe head
+    # random head, the stage-1 adversarial linear-probe head (RoLI), or the stage-1 clean one (LP-FT, Kumar et al.)
+    init: Literal["ranli", "roli", "lp_ft"] = "ranli"
     # The random head (RanLI, and RoLI's stage 1): `paper` = the reference's kaiming_normal(fan_out) weights
     # (std sqrt(2/C)) and bias -log(99) (protocol B12); `torch` = PyTorch's nn.Linear default weights, zero bias.
     head_init: Literal["paper", "torch"] = "torch"
@@ -177,6 +181,70 @@ class TransferConfig:
     @classmethod
     def _resolve(cls, data: Mapping[str, Any]) -> type:
         return TRANSFER.get(data.get("name", cls.name)).config_cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObjectiveConfig:
+    """Base of every training objective's config (`train.objective`): the registered `name` picks the objective
+    (roli.objectives: pgd_at, trades, mart) and its own config class, which holds only that objective's fields.
+    `attack_loss`: the training attack's loss the objective needs (TRADES: `kl`), None = any but `kl`."""
+
+    name: str = "pgd_at"
+    attack_loss: ClassVar[str | None] = None
+
+    @classmethod
+    def _resolve(cls, data: Mapping[str, Any]) -> type:
+        return OBJECTIVES.get(data.get("name", cls.name)).config_cls
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleConfig:
+    """An attack-strength schedule: a multiplier of the target value (threat.eps, attack.step_size, attack.steps) per
+    epoch, so one recipe works at any eps. This base is `constant` (always 1); the others are registered in
+    roli.training.schedules (linear, two_hinge, step_ramp), each with only its own fields."""
+
+    name: str = "constant"
+
+    def at(self, epoch: int) -> float:
+        """The multiplier for epoch `epoch` (0-based), evaluated once at the epoch's start."""
+        return 1.0
+
+    @classmethod
+    def _resolve(cls, data: Mapping[str, Any]) -> type:
+        return SCHEDULES.get(data.get("name", cls.name))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackScheduleConfig:
+    """`train.attack_schedule`: the training attack's strength per epoch, as multipliers of the target. eps scales
+    threat.eps (0 = a clean step, no attack pass); step_size scales the attack's step on top of eps (a PGD step is
+    relative to eps: `step_size` used = attack.step_size x eps multiplier x step_size multiplier; FGSM-RS and N-FGSM
+    steps are fractions of eps already); steps scales attack.steps (rounded, at least 1). Validation, test and
+    `roli eval` always use the target threat model."""
+
+    eps: ScheduleConfig = field(default_factory=ScheduleConfig)
+    step_size: ScheduleConfig = field(default_factory=ScheduleConfig)
+    steps: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoGuardConfig:
+    """`train.co_guard`, the catastrophic-overfitting guard (roli.training.co_guard). Each epoch it compares the
+    validation accuracy under `eval.attack` (PGD) with one under FGSM at the same eps; a collapse is PGD accuracy
+    below `ratio` x FGSM accuracy *and* at least `gap` points below it. Then the weights and optimiser go back to
+    the last good epoch, which is trained again with a stronger attack (`stronger`: one-step -> PGD-2, step eps/2;
+    PGD-k -> PGD-2k), or training stops there (`stop`); at most `max_rollbacks` times, then it stops."""
+
+    enabled: bool | None = None  # None = auto: on for one-step training attacks (fgsm, fgsm_rs, nfgsm, PGD-1)
+    ratio: float = 0.5
+    gap: float = 20.0  # accuracy points
+    on_collapse: Literal["stronger", "stop"] = "stronger"
+    max_rollbacks: int = 2
+
+    def __post_init__(self) -> None:
+        _check(0 < self.ratio <= 1, f"co_guard.ratio must be in (0, 1], got {self.ratio}")
+        _check(0 <= self.gap <= 100, f"co_guard.gap is in accuracy points, in [0, 100]; got {self.gap}")
+        _check(self.max_rollbacks >= 0, f"co_guard.max_rollbacks must be >= 0, got {self.max_rollbacks}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,6 +274,13 @@ class TrainConfig:
     # skipped in the whole run.
     on_nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped_batches: int = 10
+    # The loss (roli.objectives): pgd_at (Madry's PGD-AT, CE on x'), trades ({name: trades, beta: 6.0}, needs
+    # attack.loss: kl) or mart ({name: mart, lam: 5.0}); the attack-strength schedule and the catastrophic-
+    # overfitting guard (both: the classes above).
+    # (Added in 0.3: at their defaults they leave config_hash, and so the stage-1 cache keys, as they were.)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig, metadata=SINCE_0_3)
+    attack_schedule: AttackScheduleConfig = field(default_factory=AttackScheduleConfig, metadata=SINCE_0_3)
+    co_guard: CoGuardConfig = field(default_factory=CoGuardConfig, metadata=SINCE_0_3)
 
     def __post_init__(self) -> None:
         _check(self.max_skipped_batches >= 0, f"max_skipped_batches must be >= 0, got {self.max_skipped_batches}")
@@ -274,6 +349,25 @@ class RunSettings:
                f"threads must be in [1, 2**31 - 1], or null for the number of cores; got {self.threads}")
 
 
+def _check_training_attack(attack: AttackConfig, train: TrainConfig, where: str) -> None:
+    """The training attack fits the objective (TRADES needs `attack.loss: kl`, nothing else takes it) and the
+    schedules (a step_size or steps schedule needs an attack with that field)."""
+    need, loss = type(train.objective).attack_loss, getattr(attack, "loss", None)
+    if train.adversarial and need == "kl" and loss != "kl":
+        raise ConfigError(f"{where}.objective {train.objective.name!r} crafts x' on the KL divergence to the clean "
+                          f"prediction: set attack.loss: kl (pgd, fgsm_rs and nfgsm take it), got attack "
+                          f"{attack.name!r} with loss {loss!r}")
+    if need != "kl" and loss == "kl":
+        raise ConfigError(f"attack.loss: kl is TRADES's inner loss; use it with {where}.objective: {{name: trades}}, "
+                          f"or set attack.loss: ce for {where}.objective {train.objective.name!r}")
+    for knob in ("step_size", "steps"):
+        sched = getattr(train.attack_schedule, knob)
+        if sched.name != "constant" and not hasattr(attack, knob):
+            raise ConfigError(f"{where}.attack_schedule.{knob}: attack {attack.name!r} has no {knob} (its step is "
+                              f"a fraction of eps, which the eps schedule scales); remove the {knob} schedule or "
+                              "train with attack.name: pgd")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole run, one frozen section per recipe key; the defaults are what a recipe gets when it omits a key.
@@ -304,6 +398,12 @@ class Config:
             can = [n for n in ATTACKS.names() if ATTACKS.get(n).config_cls.trainable]
             raise ConfigError(f"attack.name: {self.attack.name!r} cannot be a training attack; choose one of {can} "
                               "(evaluate with it via eval.attack or `roli eval --attack`)")
+        _check_training_attack(self.attack, self.train, "train")
+        if self.transfer.init == "roli":  # stage 1 trains with the same attack
+            _check_training_attack(self.attack, self.stage1, "stage1")
+        if getattr(self.eval.attack, "loss", None) == "kl":
+            raise ConfigError("eval.attack.loss: kl is TRADES's training loss (the KL to the clean prediction, which "
+                              "ignores the label); evaluate with loss: ce or margin")
 
     def warnings(self) -> list[str]:
         """Legal settings that are probably mistakes, e.g. a PGD step larger than eps."""
@@ -401,9 +501,29 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def _identity(cfg: Any) -> Any:
+    """`to_dict(cfg)` without the fields added after a release (SINCE_0_3) that still hold their default: a new
+    setting left alone must not change the identity of runs made before it existed (the stage-1 cache keys)."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("identity") == "omit_default" and f.default_factory is not dataclasses.MISSING \
+                and value == f.default_factory():
+            continue
+        out[f.name] = _identity(value) if dataclasses.is_dataclass(value) else to_dict_value(value)
+    return out
+
+
+def to_dict_value(value: Any) -> Any:
+    """A field value as JSON would hold it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 def config_hash(*parts: Any) -> str:
     """A 16-hex-digit SHA-256 of configs (dataclasses) and plain values, e.g. to tell whether two runs match."""
-    blob = json.dumps([to_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True)
+    blob = json.dumps([_identity(p) for p in parts], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -109,3 +109,5 @@ TRANSFER: Registry[Any] = Registry("transfer method", "roli.transfer")
 BACKBONES: Registry[Any] = Registry("backbone", "roli.backbones")
 DATASETS: Registry[Any] = Registry("dataset", "roli.data")
 CONVERTERS: Registry[Any] = Registry("checkpoint format", "roli.backbones.convert")
+OBJECTIVES: Registry[Any] = Registry("training objective", "roli.objectives")
+SCHEDULES: Registry[Any] = Registry("attack schedule", "roli.training.schedules")  # entries: config classes

@@ -86,10 +86,47 @@ def test_overrides_reach_the_package_objects():
     assert (aa.norm, aa.epsilon, aa.seed) == ("L2", 0.2, 5)
     settings = atk.settings(n_classes=4, seed=5)
     assert settings["eps"] == 0.2 and settings["n_target_classes"] == 3 and "pyautoattack 0.2" in settings["library"]
-    with pytest.raises(ConfigError, match="only 4 classes"):
-        AutoAttack(AutoAttackConfig(n_target_classes=9), ThreatConfig(eps=0.2)).target_classes(4)
-    with pytest.raises(ConfigError, match="needs at least 4 classes"):
-        AutoAttack(AutoAttackConfig(), ThreatConfig(eps=0.2)).check_classes(3)
+    with pytest.raises(ConfigError, match=r"only 4 classes \(3 possible targets\): set n_target_classes <= 3"):
+        AutoAttack(AutoAttackConfig(n_target_classes=9), ThreatConfig(eps=0.2)).plan(4)
+
+
+@pytest.mark.parametrize("version, classes, runs, substituted", [
+    ("standard", 10, ["apgd-ce", "apgd-t", "fab-t", "square"], []),  # the standard list, unchanged
+    ("standard", 4, ["apgd-ce", "apgd-t", "fab-t", "square"], []),
+    ("standard", 3, ["apgd-ce", "apgd-dlr", "fab-t", "square"], [("apgd-t", "apgd-dlr")]),
+    ("standard", 2, ["apgd-ce", "fab-t", "square"], [("apgd-t", None)]),
+    ("plus", 3, ["apgd-ce", "apgd-dlr", "fab", "square", "fab-t"], [("apgd-t", None)]),  # APGD-DLR runs already
+    ("plus", 2, ["apgd-ce", "fab", "square", "fab-t"], [("apgd-dlr", None), ("apgd-t", None)]),
+])
+def test_sub_attacks_fit_the_class_count(version, classes, runs, substituted):
+    atk = AutoAttack(AutoAttackConfig(version=version), ThreatConfig(eps=EPS))
+    attacks, subs = atk.plan(classes)
+    assert attacks == runs and [(s["attack"], s["by"]) for s in subs] == substituted
+    assert all(s["why"] and s["classes"] == classes for s in subs)
+    settings = atk.settings(classes, seed=0)
+    assert settings["attacks"] == runs and settings["substitutions"] == subs
+    assert settings["n_target_classes"] == min(9, classes - 1)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_standard_autoattack_completes_on_few_classes(classes):
+    """A 2- and a 3-class model through standard AutoAttack (tiny budget): it completes, records the substitution,
+    and its adversarial examples are re-checked in the eps ball and misclassified (`_verify`)."""
+    torch.manual_seed(classes)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, classes)).eval()
+    x = torch.rand(12, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # all clean-correct, so every break is the attack's
+    cfg, threat = cheap(eps=0.3, version="standard", attacks=(), n_iter=5, square_queries=20)
+    res = evaluate_autoattack(model, loader_of(x, y, 6), cfg, threat)
+    want = ["clean", "apgd-ce", *(["apgd-dlr"] if classes == 3 else []), "fab-t", "square"]
+    assert list(res["after"]) == want and res["after"]["clean"] == 100.0
+    assert [s["attack"] for s in res["settings"]["substitutions"]] == ["apgd-t"]
+    assert res["acc"] <= 50.0  # eps 0.3 on a linear model: it really breaks points
+    x_adv = build_attack(cfg, threat)(model, x, y)  # the Attack API runs the same substituted list
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        assert (model(x_adv).argmax(1) != y).sum() >= 6
 
 
 # --------------------------------------------------------------------------- the attack API

@@ -21,10 +21,16 @@ EPS = {"linf": 0.1, "l2": 0.6}
 CHEAP = {
     "pgd": lambda eps: {"steps": 3, "step_size": eps / 2.5},
     "fgsm": lambda eps: {},
+    "fgsm_rs": lambda eps: {},
+    "nfgsm": lambda eps: {},
     # one sub-attack, 5 iterations, one restart; seed None = drawn from torch's generator (so the torch seed fixes it)
     "autoattack": lambda eps: {"version": "custom", "attacks": ("apgd-ce",), "n_iter": 5, "apgd_restarts": 1},
 }
 NAMES = ATTACKS.names()
+# Training attacks whose x_adv may leave the eps ball by design (N-FGSM: noise in 2 eps, a step of eps, no
+# projection; de Jorge et al. 2022), with the radius it stays within; `evaluate` still keeps to the ball.
+LEAVES_BALL = {"nfgsm": 3.0}
+ONE_FORWARD = {"fgsm_rs", "nfgsm"}  # a single model call per attack (with loss ce): the model raises on that one
 
 
 def make(name: str, norm: str = "linf", eps: float | None = None):
@@ -53,7 +59,7 @@ def test_x_adv_in_box_and_ball_input_untouched(bn_net, small_batch, name, norm):
     assert torch.equal(x, before)
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     d = dist(x_adv - x, norm)
-    assert d.max() <= EPS[norm] * (1 + 1e-5) + 1e-6
+    assert d.max() <= LEAVES_BALL.get(name, 1.0) * EPS[norm] * (1 + 1e-5) + 1e-6
     assert d.max() > 0  # it attacks (AutoAttack moves only the examples it breaks: 2 of the 12 here)
 
 
@@ -94,7 +100,7 @@ def test_eval_mode_during_the_attack_and_state_restored(bn_net, small_batch, nam
 def test_state_restored_when_the_model_raises(bn_net, small_batch, name):
     x, y = small_batch
     mixed_state(bn_net)
-    model = RaisesOnCall(bn_net, 2)
+    model = RaisesOnCall(bn_net, 1 if name in ONE_FORWARD else 2)
     before_modes, before_flags = modes(model), grad_flags(model)
     with pytest.raises(RuntimeError, match="boom"):
         make(name)(model, x, y)

@@ -24,7 +24,7 @@ from roli.backbones import build_model
 from roli.backbones import known as known_mod
 from roli.backbones.convert import CONVERTERS, convert_state_dict, detect_format, load_checkpoint
 from roli.backbones.known import KnownCheckpoint, known_checkpoints
-from roli.config import BackboneConfig, ConfigError, load_config
+from roli.config import BackboneConfig, ConfigError, ThreatConfig, load_config
 from roli.errors import CheckpointError
 from roli.files import sha256sum
 
@@ -300,7 +300,7 @@ def test_known_table_is_consistent():
         assert timm.is_model(entry.arch), name
         assert entry.format in CONVERTERS, name
         assert len(entry.mean) == len(entry.std) == 3
-        assert entry.robust == (entry.pretrain_eps is not None), name
+        assert entry.robust == (entry.pretrain_threat is not None), name
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{8,64}", entry.sha256), name
     assert table["ares_swin_base_at"].pretrain_eps == pytest.approx(4 / 255)
 
@@ -309,7 +309,8 @@ def test_known_table_is_consistent():
 def fake_known(monkeypatch):
     """A known entry on timm's tiny test_vit, so the whole path runs in a second."""
     entry = KnownCheckpoint(name="tiny_known", arch="test_vit", format="timm", mean=(0.1, 0.2, 0.3),
-                            std=(0.3, 0.2, 0.1), pretrain_eps=4 / 255, robust=True, source="the test suite")
+                            std=(0.3, 0.2, 0.1), pretrain_threat=ThreatConfig(eps=4 / 255), robust=True,
+                            source="the test suite")
     table = {**known_checkpoints(), "tiny_known": entry}
     monkeypatch.setattr(known_mod, "known_checkpoints", lambda: table)
     return entry
@@ -347,6 +348,7 @@ def test_roli_list_shows_known_checkpoints_and_formats(capsys):
     out = capsys.readouterr().out
     for name, entry in known_checkpoints().items():
         assert f"{name}: {entry.arch}, format {entry.format}" in out
-    assert "checkpoint formats (backbone.format): auto, ares, madry, ms_swin, timm" in out
+    formats = "ares, convnext_fb, madry, ms_swin, open_clip, robustbench, timm, timm_swin_legacy, torchvision_swin"
+    assert f"checkpoint formats (backbone.format): auto, {formats}, torchvision_vit, xcit" in out
     for dataset in ("cifar10", "cifar100", "caltech256", "cub200", "stanford_dogs", "image_folder"):
         assert dataset in out

@@ -46,7 +46,7 @@ def test_an_unknown_name_is_a_key_error_with_a_readable_message():
     with pytest.raises(KeyError) as e:
         ATTACKS.get("cw")
     assert isinstance(e.value, RoliError)
-    assert str(e.value) == "unknown attack 'cw'; choose one of ['autoattack', 'fgsm', 'pgd']"  # not quoted
+    assert str(e.value) == "unknown attack 'cw'; choose one of ['autoattack', 'fgsm', 'fgsm_rs', 'nfgsm', 'pgd']"  # not quoted
 
 
 def test_one_line_keeps_only_the_message_of_a_dataloader_worker_error():

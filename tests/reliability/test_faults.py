@@ -275,12 +275,12 @@ def test_nan_skips_stop_after_max_skipped_batches(recipe, tmp_path, capsys, monk
 
 
 def test_unsupported_method_is_one_line_and_leaves_no_run_folder(fast_cfg, tmp_path, capsys):
-    recipe = tmp_path / "lora_resnet.yaml"
-    dump_config(fast_cfg(["backbone.name=test_resnet", "transfer.name=lora"]), recipe)
+    recipe = tmp_path / "vpt_resnet.yaml"
+    dump_config(fast_cfg(["backbone.name=test_resnet", "transfer.name=vpt_deep"]), recipe)
     out = tmp_path / "runs"
     rc, err = cli(["run", recipe, "--out", out], capsys)
     line = one_line(err)
-    assert rc == 2 and "lora" in line and "VisionTransformer" in line
+    assert rc == 2 and "vpt_deep" in line and "VisionTransformer" in line and "Methods that apply" in line
     assert not out.exists()  # no half-made run folder, and not the --out this run made either
 
 
@@ -288,16 +288,16 @@ def test_sweep_never_resumes_a_cell_that_failed_before_training(fast_cfg, tmp_pa
     base = {**TINY, "data": {**TINY["data"], "train_limit": 32, "val_limit": 16, "test_limit": 16},
             "train": {"epochs": 1, "warmup_epochs": 0.0}, "run": {"threads": 1}}
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "lora.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "backbone": {"name": "test_resnet"},
-                                                        "transfer": {"name": "lora"}}))
+    (tmp_path / "vpt_deep.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "backbone": {"name": "test_resnet"},
+                                                            "transfer": {"name": "vpt_deep"}}))
     grid = tmp_path / "grid.yaml"
-    grid.write_text(yaml.safe_dump({"recipe": "{method}.yaml", "axes": {"method": ["lora"]},
+    grid.write_text(yaml.safe_dump({"recipe": "{method}.yaml", "axes": {"method": ["vpt_deep"]},
                                     "out": str(tmp_path / "out")}))
     for _ in range(2):  # the second sweep tries again from scratch: it does not "resume" a half-made folder
         rc, err = cli(["sweep", grid], capsys)
-        assert rc == 1 and "failed: lora: UnsupportedBackbone" in err and "resuming" not in err
+        assert rc == 1 and "failed: vpt_deep: UnsupportedBackbone" in err and "resuming" not in err
         assert cell_status(tmp_path / "out", expand(load_grid(grid))[0]) == "todo"
-        assert not (tmp_path / "out" / "lora").exists()
+        assert not (tmp_path / "out" / "vpt_deep").exists()
 
 
 def test_sweep_cleans_a_folder_killed_as_it_was_made_and_refuses_a_foreign_one(fast_cfg, tmp_path, capsys):

@@ -5,10 +5,10 @@ import signal
 import sys
 
 from roli.cli.main import main
-from roli.training import loop
+from roli.objectives import base  # the objectives compute the training loss (BatchMean.ce)
 
 if os.environ.get("RANK") == os.environ.get("RANK_TO_KILL"):
-    real, calls = loop.F.cross_entropy, [0]
+    real, calls = base.F.cross_entropy, [0]
 
     def dying(*args, **kwargs):
         calls[0] += 1
@@ -16,6 +16,7 @@ if os.environ.get("RANK") == os.environ.get("RANK_TO_KILL"):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*args, **kwargs)
 
-    loop.F = type("F", (), {"cross_entropy": staticmethod(dying)})
+    base.F = type("F", (), {"cross_entropy": staticmethod(dying), "kl_div": staticmethod(base.F.kl_div),
+                            "log_softmax": staticmethod(base.F.log_softmax)})
 
 sys.exit(main(sys.argv[1:]))

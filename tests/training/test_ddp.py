@@ -72,6 +72,25 @@ def test_two_processes_match_one_process(one_and_two):
     assert diff < WEIGHT_ATOL
 
 
+def test_two_processes_match_one_process_with_trades(tmp_path):
+    """TRADES: two training forwards per step (clean and x') and a KL term, scaled per rank like the CE (BatchMean),
+    so the all-reduced step is the global batch's, as in one process."""
+    recipe = RECIPE.replace("attack: {step_size: 0.05, steps: 2}", "attack: {step_size: 0.05, steps: 2, loss: kl}") \
+        .replace("train: {epochs: 2,", "train: {objective: {name: trades, beta: 6.0}, epochs: 1,")
+    (tmp_path / "r.yaml").write_text(recipe)
+    one = roli_cli("run", "r.yaml", "--out", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = torchrun("-m", "roli", "run", "r.yaml", "--out", "two", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "r" / "results.json").read_text()) for d in ("one", "two"))
+    assert a["config"]["train"]["objective"] == {"name": "trades", "beta": 6.0} and b["world_size"] == 2
+    (ha,), (hb,) = a["history"], b["history"]
+    assert (ha["val_clean"], ha["val_robust"], ha["train_acc"]) == (hb["val_clean"], hb["val_robust"], hb["train_acc"])
+    assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=1e-6)
+    wa, wb = _weights(tmp_path / "one" / "r"), _weights(tmp_path / "two" / "r")
+    assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < WEIGHT_ATOL
+
+
 def test_only_rank_zero_writes(one_and_two):
     assert sorted(p.name for p in (one_and_two / "two").iterdir() if p.is_dir()) == ["r"]
     log = (one_and_two / "two" / "r" / "train.log").read_text()

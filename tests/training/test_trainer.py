@@ -15,7 +15,8 @@ from roli.backbones import build_model
 from roli.checkpoints import load_file
 from roli.config import load_config, to_dict
 from roli.errors import CheckpointError
-from roli.training import loop, trainer
+from roli.objectives import base as objectives_base
+from roli.training import trainer
 from roli.training.optim import lr_multiplier
 from roli.training.pipeline import run
 from roli.training.trainer import TrainingFailed
@@ -286,7 +287,8 @@ def test_nan_loss_fails_cleanly_and_keeps_the_last_checkpoint(fast_cfg, tmp_path
 
     def nan_from_epoch_2(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kwargs):
         if epoch == 1:  # 0-based: the second epoch's training loss is NaN
-            monkeypatch.setattr(loop, "F", types.SimpleNamespace(cross_entropy=nan_cross_entropy))
+            # the objectives compute the cross-entropy (roli.objectives.base.BatchMean.ce)
+            monkeypatch.setattr(objectives_base, "F", types.SimpleNamespace(cross_entropy=nan_cross_entropy))
         return real_epoch(model, loader, optimizer, scheduler, attack, train_cfg, epoch, **kwargs)
 
     monkeypatch.setattr(trainer, "train_one_epoch", nan_from_epoch_2)

@@ -3,7 +3,7 @@ train, frozen ones never move, frozen BatchNorm keeps its statistics, and a save
 on a family it cannot adapt, a clear UnsupportedBackbone before the model is touched.
 
 The methods are the TRANSFER registry's entries and the families `tiny_models.FAMILIES` (ViT, ResNet, ConvNeXt,
-Swin): a newly registered method is crossed with every family automatically, once it states its expectations below.
+Swin, XCiT): a newly registered method is crossed with every family automatically, once it states its expectations below.
 """
 
 from __future__ import annotations
@@ -39,27 +39,29 @@ def _names(model, keep) -> set[str]:
 EXPECTED_TRAINABLE = {
     "linear_probe": lambda m: _head_names(m),
     "full_finetune": lambda m: {n for n, _ in m.named_parameters()},
-    # every layer bias; in all four families every parameter named *.bias is one (Swin's
+    # every layer bias; in all five families every parameter named *.bias is one (Swin's
     # relative_position_bias_table is not, and stays frozen by default)
     "bitfit": lambda m: _names(m, lambda n: n.endswith(".bias")),
     "adapter": lambda m: _names(m, lambda n: ".adapter.down." in n or ".adapter.up." in n),
-    "lora": lambda m: _names(m, lambda n: ".lora_A." in n or ".lora_B." in n),
+    # the A/B matrices: `qkv.lora_A.q` (fused q/v slices) or `<layer>.lora_A` (a whole Linear or 1x1 conv)
+    "lora": lambda m: _names(m, lambda n: ".lora_A" in n or ".lora_B" in n),
     "vpt_deep": lambda m: _names(m, lambda n: n.endswith(".prompt")),
     "vpt_shallow": lambda m: _names(m, lambda n: n.endswith(".prompt")),
 }
-# The families each method refuses by design (UnsupportedBackbone), from the methods' docstrings: LoRA needs fused-qkv
-# attention, VPT a ViT or Swin, the adapter blocks whose `.mlp` has a Linear fc1 (ConvNeXt blocks have one,
-# ResNet blocks do not). A method missing here must adapt every family. test_refusals_are_the_methods_own_check
-# holds this table to each method's `check`.
-REFUSES = {"adapter": {"resnet"}, "lora": {"resnet", "convnext"}, "vpt_deep": {"resnet", "convnext"},
-           "vpt_shallow": {"resnet", "convnext"}}
+# The families each method refuses by design (UnsupportedBackbone), from the methods' docstrings: VPT needs a ViT or
+# Swin token sequence (XCiT is refused: its tokens are reshaped to the patch grid), the adapter MLP blocks (ConvNeXt
+# blocks have one, ResNet blocks do not); LoRA adapts every family (q/v, ConvNeXt's MLPs, ResNet's 1x1 convs). A
+# method missing here must adapt every family. test_refusals_are_the_methods_own_check holds this table to each
+# method's `check`.
+REFUSES = {"adapter": {"resnet"}, "vpt_deep": {"resnet", "convnext", "xcit"},
+           "vpt_shallow": {"resnet", "convnext", "xcit"}}
 REFUSED = [(n, b) for n in METHODS for b in FAMILIES if b in REFUSES.get(n, ())]
 # Every (method, family) pair; the refused ones are skipped here and checked by test_unsupported_backbone_is_refused.
 CASES = [pytest.param(n, b, marks=pytest.mark.skip(reason=f"{n} refuses {b} by design (UnsupportedBackbone: "
                                                           "test_unsupported_backbone_is_refused)"))
          if (n, b) in REFUSED else (n, b) for n in METHODS for b in FAMILIES]
 # The head each family's timm architecture names in its pretrained_cfg (the Classifier's `head_name`).
-HEADS = {"vit": "net.head", "resnet": "net.fc", "convnext": "net.head.fc", "swin": "net.head.fc"}
+HEADS = {"vit": "net.head", "resnet": "net.fc", "convnext": "net.head.fc", "swin": "net.head.fc", "xcit": "net.head"}
 
 
 def _build(name: str, backbone: str, seed: int = 0):

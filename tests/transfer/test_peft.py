@@ -93,7 +93,7 @@ def n_trainable(model) -> int:
 def test_configs_resolve_to_their_classes_with_reference_defaults():
     lora = transfer("lora")
     assert type(lora) is LoraConfig
-    assert (lora.rank, lora.alpha, lora.dropout, lora.targets) == (16, 16.0, 0.1, ("q", "v"))
+    assert (lora.rank, lora.alpha, lora.dropout, lora.targets) == (16, 16.0, 0.1, None)  # None: [q, v] on a ViT
     assert type(transfer("adapter")) is AdapterConfig and transfer("adapter").reduction == 8
     assert transfer("adapter").adapter_init == "standard"
     assert type(transfer("vpt_deep")) is PromptConfig and type(transfer("vpt_shallow")) is ShallowPromptConfig
@@ -104,7 +104,8 @@ def test_configs_resolve_to_their_classes_with_reference_defaults():
 
 @pytest.mark.parametrize("name, fields", [
     ("lora", {"rank": 0}), ("lora", {"alpha": 0}), ("lora", {"dropout": 1.0}), ("lora", {"targets": []}),
-    ("lora", {"targets": ["q", "q"]}), ("lora", {"targets": ["o"]}), ("adapter", {"reduction": 0}),
+    ("lora", {"targets": ["q", "q"]}), ("lora", {"targets": ["o"]}), ("lora", {"targets": ["qkv", "v"]}),
+    ("lora", {"targets": ["mlp", "fc2"]}), ("adapter", {"reduction": 0}),
     ("adapter", {"adapter_init": "xavier"}), ("vpt_deep", {"num_tokens": 0}), ("vpt_shallow", {"dropout": -0.1}),
     ("bitfit", {"include_rel_pos_bias": "yes"}), ("bitfit", {"rank": 4}),
 ])
@@ -319,12 +320,15 @@ def test_bitfit_on_a_resnet_trains_batchnorm_biases_and_the_fc_head():
 # ------------------------------------------------------------------------------------ unsupported backbones
 
 
-@pytest.mark.parametrize("name", ["lora", "adapter", "vpt_deep", "vpt_shallow"])
-def test_methods_refuse_a_resnet_naming_the_supported_backbones(name):
+@pytest.mark.parametrize("name, needs", [("adapter", "MLP blocks"), ("vpt_deep", "VisionTransformer"),
+                                         ("vpt_shallow", "SwinTransformer")])
+def test_methods_refuse_a_resnet_naming_what_they_need_and_what_applies(name, needs):
     model = create_backbone("test_resnet", num_classes=C)
-    with pytest.raises(UnsupportedBackbone, match="VisionTransformer") as e:
+    with pytest.raises(UnsupportedBackbone, match=f"{name} supports backbones with") as e:
         apply(model, name)
-    assert "ResNet" in str(e.value) and "SwinTransformer" in str(e.value)
+    assert needs in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).endswith("ResNet has none. Methods that apply to ResNet: bitfit, full_finetune, linear_probe, "
+                                 "lora")
     assert all(p.requires_grad for p in model.parameters())  # refused before anything was frozen
 
 

@@ -2,8 +2,9 @@
 
 An adapter, not a re-implementation: the package's AutoAttack runs every sub-attack. roli adds the run's threat
 model as the only source of eps (the reference code silently used 4/255, protocol B6), target counts that fit the
-dataset, and a way to run one sub-attack at a time, which `roli.evaluation.autoattack` uses for per-attack accuracy
-and resumable state.
+dataset (min(9, C - 1); DLR-based sub-attacks replaced or dropped below 4 classes, recorded: `fit_to_classes`),
+and a way to run one sub-attack at a time, which `roli.evaluation.autoattack` uses for per-attack accuracy and
+resumable state.
 """
 
 from __future__ import annotations
@@ -24,8 +25,17 @@ from roli.precision import Precision
 
 NORMS = {"linf": "Linf", "l2": "L2"}  # roli's norm names -> the package's
 SUB_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-# The DLR loss reads the 3rd-largest logit; its targeted form needs 3 other classes besides the true one.
+# The DLR loss reads the 3rd-largest logit; its targeted form the 4th (pyautoattack's autopgd_base.dlr_loss*).
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
+# Why a DLR-based sub-attack is replaced (or dropped) below its class count: (sub-attack, replaced?) -> reason.
+WHY = {
+    ("apgd-t", True): "targeted DLR reads the 4th-largest logit (needs 4 classes); untargeted APGD-DLR keeps its "
+                      "scale-invariant margin loss and attacks both other classes",
+    ("apgd-t", False): "targeted DLR needs 4 classes; with 3 the untargeted APGD-DLR of this list already runs the "
+                       "same loss, with 2 the only target is the other class (targeted = untargeted: APGD-CE, FAB-T)",
+    ("apgd-dlr", False): "DLR reads the 3rd-largest logit (needs 3 classes); with 2, CE = softplus(margin), so "
+                         "APGD-CE takes the margin loss's steps (FAB-T and Square cover saturated logits)",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +92,39 @@ OVERRIDES: dict[str, Callable[[Any, int], None]] = {
 }
 
 
+def fit_to_classes(attacks: list[str], n_classes: int) -> tuple[list[str], list[dict]]:
+    """The sub-attacks that run on an `n_classes` model, and each substitution as {attack, by, why} (by None =
+    dropped), so AutoAttack runs at any class count instead of failing or warning (AutoAttack issues #70, #79).
+
+    A careful evaluator's choice, not a weaker attack: at >= 4 classes nothing changes. At 3, targeted DLR is
+    undefined (its denominator reads the 4th-largest logit); APGD-T's point in the ensemble is a second, scale-
+    invariant loss beside CE, which untargeted APGD-DLR (defined at 3 classes) gives while attacking both other
+    classes, so APGD-T becomes APGD-DLR (dropped if the list already has it: the same seeded run again breaks
+    nothing new). At 2, DLR itself is undefined, and targeted and untargeted coincide (one other class). There CE =
+    softplus(margin), so APGD-CE's sign (L-inf) or normalised (L2) steps and its step-size rule, which only compares
+    loss values, are exactly those of APGD on the margin, except where the softmax saturates (|margin| > ~88 in
+    fp32); FAB-T and Square (margin loss, no gradients) cover that case. So APGD-T and APGD-DLR are dropped.
+    """
+    out, subs = [], []
+    for a in attacks:
+        if n_classes >= MIN_CLASSES.get(a, 2):
+            out.append(a)
+            continue
+        by = "apgd-dlr" if (a == "apgd-t" and n_classes >= MIN_CLASSES["apgd-dlr"]
+                            and "apgd-dlr" not in attacks) else None
+        out += [by] if by else []
+        subs.append({"attack": a, "by": by, "why": WHY[a, by is not None], "classes": n_classes})
+    return out, subs
+
+
+class _DropWarning(logging.Filter):
+    """Drops pyautoattack's warning that 3 classes cannot use targeted DLR: its check says so whenever APGD-DLR
+    runs at 3 classes, though only APGD-T uses targeted DLR (and roli never runs it below 4 classes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "not possible to use the targeted DLR loss" not in record.getMessage()
+
+
 def _quiet_package_logger() -> None:
     """pyautoattack logs 'setting parameters for ... version' at INFO on every construction; roli builds one per
     (chunk, sub-attack). Keep its warnings (its own sanity checks) unless the user chose a level."""
@@ -94,12 +137,14 @@ def _quiet_package_logger() -> None:
 def _keep_tracer_and_rng(device: torch.device) -> Iterator[None]:
     """pyautoattack re-seeds torch's global generator and clears any sys.settrace hook (its dynamic-defense
     check); neither should leak into the caller."""
-    tracer = sys.gettrace()
+    tracer, logger, drop = sys.gettrace(), logging.getLogger("auto-attack"), _DropWarning()
+    logger.addFilter(drop)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             yield
     finally:
         sys.settrace(tracer)
+        logger.removeFilter(drop)
 
 
 @ATTACKS.register("autoattack")
@@ -109,7 +154,8 @@ class AutoAttack(Attack):
 
     `attack(model, x, y)` runs the whole configured AutoAttack on the batch and returns AA's x_adv
     (clean x where no sub-attack succeeded). For DataLoaders use `roli.evaluation.autoattack.evaluate_autoattack`
-    (per-sub-attack accuracy, resumable). It always runs in fp32 (the package's own forwards; its checks and DLR
+    (per-sub-attack accuracy, resumable). Any class count >= 2 works: below 4 classes the DLR-based sub-attacks are
+    replaced or dropped (`fit_to_classes`; the results' `substitutions` say which and why). It always runs in fp32 (the package's own forwards; its checks and DLR
     loss assume fp32 logits). Evaluation only: it cannot be the training `attack`.
 
     Example:
@@ -148,7 +194,7 @@ class AutoAttack(Attack):
         n = self.config.n_target_classes or min(9, n_classes - 1)
         if n > n_classes - 1:
             raise ConfigError(f"n_target_classes={n} but the model has only {n_classes} classes ({n_classes - 1} "
-                             "possible targets)")
+                             f"possible targets): set n_target_classes <= {n_classes - 1}, or null for min(9, C - 1)")
         return n
 
     def build(self, model: nn.Module, n_classes: int, seed: int, device: torch.device) -> Any:
@@ -166,12 +212,11 @@ class AutoAttack(Attack):
                 OVERRIDES[key](aa, value)
         return aa
 
-    def check_classes(self, n_classes: int) -> None:
-        """Raise ConfigError if a sub-attack needs more classes than the model has (DLR: 3, APGD-T: 4)."""
-        for sub in self.sub_attacks():
-            if n_classes < MIN_CLASSES.get(sub, 2):
-                raise ConfigError(f"AutoAttack's {sub} needs at least {MIN_CLASSES[sub]} classes; the model has "
-                                 f"{n_classes}. Use version: custom with attacks: [apgd-ce]")
+    def plan(self, n_classes: int) -> tuple[list[str], list[dict]]:
+        """The sub-attacks that run on an `n_classes` model and the substitutions (see `fit_to_classes`); a
+        ConfigError first if an explicit n_target_classes exceeds n_classes - 1."""
+        self.target_classes(n_classes)
+        return fit_to_classes(self.sub_attacks(), n_classes)
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[str], seed: int,
             n_classes: int) -> torch.Tensor:
@@ -188,8 +233,7 @@ class AutoAttack(Attack):
             return x.clone()
         with torch.no_grad():
             n_classes = model(x[:1]).shape[1]
-        self.check_classes(n_classes)
-        return self.run(model, x, y, self.sub_attacks(), self.resolve_seed(), n_classes)
+        return self.run(model, x, y, self.plan(n_classes)[0], self.resolve_seed(), n_classes)
 
     def settings(self, n_classes: int, seed: int) -> dict:
         """What AutoAttack actually ran with, for the results JSON."""
@@ -197,7 +241,9 @@ class AutoAttack(Attack):
 
         aa = self.build(nn.Identity(), n_classes, seed, torch.device("cpu"))
         cfg = self.config
-        return {"name": cfg.name, "version": cfg.version, "attacks": self.sub_attacks(), "norm": self.threat.norm,
+        attacks, substitutions = self.plan(n_classes)
+        return {"name": cfg.name, "version": cfg.version, "attacks": attacks, "substitutions": substitutions,
+                "classes": n_classes, "norm": self.threat.norm,
                 "eps": self.threat.eps, "seed": seed, "n_iter": aa.apgd.n_iter, "apgd_restarts": aa.apgd.n_restarts,
                 "n_target_classes": aa.apgd_targeted.n_target_classes, "square_queries": aa.square.n_queries,
                 "batch_size": cfg.batch_size, "library": f"pyautoattack {pyautoattack.__version__}"}

@@ -1,4 +1,7 @@
-"""PGD (Madry et al., arXiv 1706.06083) with restarts and a per-example worst case; FGSM is its 1-step case."""
+"""PGD (Madry et al., arXiv 1706.06083) with restarts and a per-example worst case; FGSM is its 1-step case.
+
+Losses: `ce`, the CW-style `margin`, and `kl` (TRADES's inner maximisation, Zhang et al. 2019: the KL divergence
+from the clean prediction, a training-only loss that ignores the label)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from torch import nn
 
 from roli.attacks.base import ATTACKS, Attack, Outcome, attack_mode
 from roli.config import AttackConfig, ThreatConfig
+from roli.errors import ConfigError
 from roli.precision import Precision
 from roli.threat import make_ball
 
@@ -22,10 +26,25 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return other - true
 
 
+def kl_to_clean(p_clean: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per example KL(p_clean || softmax(logits)), summed over classes (TRADES's criterion_kl before batchmean)."""
+    return F.kl_div(F.log_softmax(logits.float(), 1), p_clean, reduction="none").sum(1)
+
+
 LOSSES = {
     "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
     "margin": margin_loss,
 }
+
+
+def attack_loss(attack: Attack, model: nn.Module, x: torch.Tensor, loss: str):
+    """The per-example loss `(logits, y) -> (N,)` an attack ascends. `kl` needs the clean prediction: one forward
+    without gradient, in the attack's eval mode (as TRADES's reference crafts x' in eval mode)."""
+    if loss != "kl":
+        return LOSSES[loss]
+    with torch.no_grad():
+        p_clean = F.softmax(attack.logits(model, x).float(), 1)
+    return lambda logits, y: kl_to_clean(p_clean, logits)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,7 +56,7 @@ class PGDConfig(AttackConfig):
     step_size: float = 2 / 255  # in [0,1] pixel units (L2: the step's L2 length)
     random_start: bool = True  # uniform in the ball
     restarts: int = 1  # per-example worst case over restarts
-    loss: Literal["ce", "margin"] = "ce"
+    loss: Literal["ce", "margin", "kl"] = "ce"  # kl: TRADES's training attack only (needs random_start)
     # best: per example, an iterate that misclassifies, else the highest-loss one (evaluation's worst case; the
     # reference picked one iterate per batch, protocol B4); last: the last iterate (Madry's PGD-AT, the training
     # default: measured 6-10% cheaper per training epoch than `best`, benchmarks/run.py)
@@ -51,6 +70,9 @@ class PGDConfig(AttackConfig):
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
         if self.restarts < 1:
             raise ValueError(f"restarts must be >= 1, got {self.restarts}")
+        if self.loss == "kl" and not self.random_start:
+            raise ValueError("loss kl needs random_start: true (the KL to the clean prediction has zero gradient at "
+                             "the clean input, so PGD would never move)")
 
     def warnings(self, threat: ThreatConfig) -> list[str]:
         """A step larger than eps, or steps too few to reach the ball's boundary (both legal, both weak)."""
@@ -108,7 +130,7 @@ class PGD(Attack):
         """Attack every example for every step and restart (the training path; see `evaluate` for early stop)."""
         cfg = self.config
         ball = make_ball(self.threat.norm, self.threat.eps)
-        loss_fn = LOSSES[cfg.loss]
+        loss_fn = attack_loss(self, model, x, cfg.loss)
         best_x = x.clone()
         best_wrong = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
@@ -154,6 +176,8 @@ class PGD(Attack):
         """
         self.precision.check_device(x.device)
         cfg = self.config
+        if cfg.loss == "kl":
+            raise ConfigError("PGD with loss kl is a training attack (TRADES); evaluate with loss ce or margin")
         ball = make_ball(self.threat.norm, self.threat.eps)
         loss_fn = LOSSES[cfg.loss]
         x = x.detach()

@@ -9,8 +9,11 @@ what it did. Formats (`backbone.format`):
 - ares: ARES 2.0 robust checkpoints, plain timm state dicts of either Swin layout (detected).
 - torchvision_vit: torchvision `vit_b_16` -> timm `vit_base_patch16_224` (same computation, renamed keys).
 - madry: MadryLab `robustness` (`module.model.*`, a duplicate `module.attacker.model.*` and the normaliser's
-  `new_mean` / `new_std`) -> torchvision/timm ResNet keys; the file's mean/std are returned.
-- auto: detected from the keys (the formats above are distinguishable by their key names).
+  `new_mean` / `new_std`; the Hugging Face Hub `.ckpt` files too) -> torchvision/timm ResNet keys; the file's
+  mean/std are returned.
+- more layouts in roli.backbones.layouts: robustbench, torchvision_swin, open_clip, convnext_fb, xcit.
+- auto: detected from the keys (the formats are distinguishable by their key names). An explicit format whose
+  layout the keys contradict (an old-layout Swin given as `timm`) is an error naming both, never a partial load.
 `backbone.key_map` rules ([regex, replacement]) run after the converter, for any other layout.
 """
 
@@ -25,8 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from roli.backbones.offline import Located, config_metadata, locate, read_weights
+from roli.backbones.provenance import file_metadata
 from roli.backbones.weights import extract_state_dict, load_backbone_weights
-from roli.checkpoints import load_file
 from roli.errors import CheckpointError
 from roli.files import sha256sum
 from roli.registry import CONVERTERS
@@ -43,11 +47,29 @@ class Conversion:
     format: str
     renamed: dict[str, str] = field(default_factory=dict)  # old key -> new key, only keys that changed
     dropped: dict[str, str] = field(default_factory=dict)  # key -> why it was dropped
-    mean: tuple[float, ...] | None = None  # normalisation stored in the file (MadryLab), if any
+    mean: tuple[float, ...] | None = None  # normalisation stored in the file (MadryLab, RobustBench), if any
     std: tuple[float, ...] | None = None
+    imagenet_layout: bool = False  # the layout implies ImageNet mean/std (torchvision, MadryLab)
 
 
 Converter = Callable[[State, nn.Module], Conversion]
+# Detection, tried in order (first match wins): (format, predicate on the keys with a `module.` prefix stripped).
+DETECTORS: list[tuple[str, Callable[[State], bool]]] = []
+# The detected layouts each explicit format reads (a plugin's format not listed here is not checked).
+ACCEPTS: dict[str, set[str]] = {"timm": {"timm"}, "ares": {"timm", "timm_swin_legacy", "robustbench"},
+                                "timm_swin_legacy": {"timm_swin_legacy"}, "ms_swin": {"timm_swin_legacy"},
+                                "madry": {"madry"}, "torchvision_vit": {"torchvision_vit"}}
+
+
+def detects(fmt: str, accepts: Sequence[str] = (), any_inner: bool = False) -> Callable:
+    """Register a key-layout predicate for `fmt` (tried by `format: auto`) and the other layouts `fmt` reads
+    (`any_inner`: a wrapper whose inside may be in any layout, so nothing is checked)."""
+    def deco(predicate: Callable[[State], bool]) -> Callable[[State], bool]:
+        DETECTORS.append((fmt, predicate))
+        if not any_inner:
+            ACCEPTS[fmt] = {fmt, *accepts}
+        return predicate
+    return deco
 
 
 def _rename(state: State, fmt: str, rules: Sequence[tuple[str, str]]) -> Conversion:
@@ -117,8 +139,12 @@ CONVERTERS.register("ms_swin")(swin_legacy)  # Microsoft's release: the same lay
 
 @CONVERTERS.register("ares")
 def ares(state: State, net: nn.Module) -> Conversion:
-    """ARES 2.0 checkpoints are timm state dicts; its Swin-B may predate timm's Swin key change."""
-    conv = swin_legacy(state, net) if _is_swin_legacy(state) else timm_layout(state, net)
+    """ARES 2.0 checkpoints are timm state dicts; its Swin-B/L may predate timm's Swin key change, and a copy saved
+    from RobustBench's loader has the `model.` / `normalize.` wrapper."""
+    if detect_format(state) == "robustbench":
+        conv = CONVERTERS.get("robustbench")(state, net)
+    else:
+        conv = swin_legacy(state, net) if _is_swin_legacy(state) else timm_layout(state, net)
     conv.format = f"ares ({conv.format})"
     return conv
 
@@ -146,7 +172,9 @@ def torchvision_vit(state: State, net: nn.Module) -> Conversion:
     if any(k.startswith("heads.pre_logits") for k in state):
         raise CheckpointError("this torchvision ViT has a pre-logits layer (representation_size), which timm's "
                               "VisionTransformer has no slot for; use a checkpoint without it")
-    return _rename(_strip_prefix(state), "torchvision_vit", TORCHVISION_VIT)
+    conv = _rename(_strip_prefix(state), "torchvision_vit", TORCHVISION_VIT)
+    conv.imagenet_layout = True
+    return conv
 
 
 @CONVERTERS.register("madry")
@@ -157,6 +185,7 @@ def madry(state: State, net: nn.Module) -> Conversion:
         raise CheckpointError("not a MadryLab robustness checkpoint: no `module.model.*` keys")
     model = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     conv = _rename(model, "madry", [])
+    conv.imagenet_layout = True  # robustness normalises ImageNet models with ImageNet statistics
     conv.renamed = {f"module.model.{k}": k for k in model}
     for k, v in state.items():
         if k.startswith("attacker.model."):
@@ -175,13 +204,25 @@ def madry(state: State, net: nn.Module) -> Conversion:
 def detect_format(state: State) -> str:
     """The format the keys identify (see the module docstring); `timm` when nothing else matches."""
     keys = _strip_prefix(state)
-    if any(k.startswith(("model.", "attacker.model.")) for k in keys) and any(k.startswith("normalizer.") for k in keys):
+    if any(k.startswith("model.") for k in keys) and any(k.startswith(("normalizer.", "attacker.")) for k in keys):
         return "madry"
     if "conv_proj.weight" in keys and any(k.startswith("encoder.layers.encoder_layer_") for k in keys):
         return "torchvision_vit"
+    for fmt, predicate in DETECTORS:
+        if predicate(keys):
+            return fmt
     if _is_swin_legacy(keys):
         return "timm_swin_legacy"
     return "timm"
+
+
+def check_layout(state: State, fmt: str) -> None:
+    """An explicit `fmt` whose layout the keys contradict is an error naming both (e.g. an old-layout Swin given as
+    `timm`, which would otherwise load partly or fail with a list of keys)."""
+    found = detect_format(state)
+    if found not in ACCEPTS.get(fmt, {fmt, found}):
+        raise CheckpointError(f"backbone.format is {fmt!r} but the file's keys are in the {found!r} layout: set "
+                              f"`backbone.format: {found}` (or auto), or use the known checkpoint entry for the file")
 
 
 def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
@@ -193,6 +234,8 @@ def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
         converter = CONVERTERS.get(name)
     except KeyError as e:
         raise CheckpointError(e.args[0]) from None
+    if fmt != "auto":
+        check_layout(state, fmt)
     conv = converter(state, net)
     if fmt == "auto":
         conv.format = f"auto -> {conv.format}"
@@ -205,29 +248,17 @@ def convert_state_dict(state: State, net: nn.Module, fmt: str = "auto",
     return conv
 
 
-def roli_file_normalisation(obj: object) -> dict:
-    """A roli file (best.pt, `roli export`) carries its model's normalisation and input size: keep them when it is
-    reused as a backbone, instead of falling back to the architecture's defaults (0.5/0.5 for many timm ViTs)."""
-    if not (isinstance(obj, dict) and obj.get("format") == "roli"):
-        return {}
-    model = obj["model"]
-    out: dict = {}
-    if "normalize.mean" in model and "normalize.std" in model:
-        out.update(mean=model["normalize.mean"].flatten().tolist(), std=model["normalize.std"].flatten().tolist())
-    size = ((obj.get("config") or {}).get("backbone") or {}).get("input_size")
-    if size:
-        out["input_size"] = size
-    return out
-
-
-def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "auto",
+def load_checkpoint(net: nn.Module, path: str | Path | Located, head: str, fmt: str = "auto",
                     key_map: Sequence[tuple[str, str]] = (), expected_sha256: str | None = None) -> dict:
-    """Load a local weights file into `net` (weights_only, strict but for the head); returns the load report."""
-    digest = sha256sum(path) if Path(path).is_file() else None
-    if expected_sha256 and digest and not digest.startswith(expected_sha256.lower()):
+    """Load a local weights file or folder into `net` (weights_only, strict but for the head); returns the load
+    report, whose `meta` holds what the file says about itself (provenance.file_metadata)."""
+    where = path if isinstance(path, Located) else locate(path)
+    path = where.weights
+    digest = sha256sum(path)
+    if expected_sha256 and not digest.startswith(expected_sha256.lower()):
         raise CheckpointError(f"{path}: sha256 {digest} does not match the known checkpoint's {expected_sha256}; "
                               "is it another file? (load it by its timm architecture name and `backbone.format`)")
-    obj = load_file(path)
+    obj = read_weights(path)
     conv = convert_state_dict(extract_state_dict(obj, path), net, fmt, key_map)
     for k, v in net.state_dict().items():
         # BatchNorm's step counter is unused with a fixed momentum; older torch did not save it.
@@ -243,10 +274,16 @@ def load_checkpoint(net: nn.Module, path: str | Path, head: str, fmt: str = "aut
         reasons[why] = reasons.get(why, 0) + 1
     report.update(file=str(path), sha256=digest, format=conv.format, renamed=len(conv.renamed),
                   rename_examples=dict(list(conv.renamed.items())[:5]), dropped=reasons,
-                  dropped_examples=list(conv.dropped)[:5])
+                  dropped_examples=list(conv.dropped)[:5], imagenet_layout=conv.imagenet_layout,
+                  config_file=where.config_file)
+    meta = file_metadata(obj, config_metadata(where.config, where.config_file))
     if conv.mean is not None:
-        report.update(mean=conv.mean, std=conv.std)
-    report.update(roli_file_normalisation(obj))
+        meta.update(mean=conv.mean, std=conv.std)
+    report["meta"] = meta
+    if "mean" in meta:
+        report.update(mean=meta["mean"], std=meta["std"])  # the file's own normalisation
+    if "input_size" in meta:
+        report["input_size"] = meta["input_size"]  # a reused roli file keeps its resize
     log.info("loaded %d tensors from %s: format %s, %d keys renamed, %d dropped (%s), new head %s",
              report["loaded"], path, conv.format, len(conv.renamed), len(conv.dropped),
              ", ".join(sorted(set(conv.dropped.values()))) or "none", report["missing_head"])

@@ -142,11 +142,24 @@ def _list(a: argparse.Namespace) -> int:
     print("transfer methods:")
     for name in TRANSFER.names():
         print(f"  {name}: {_fields(TRANSFER.get(name).config_cls)}")
+    from roli.transfer.matrix import print_matrix
+
+    print_matrix()
     print(f"threat: {_fields(ThreatConfig)}  (one section: training, validation, test and `roli eval`)")
     print("attacks (* = can train):")
     for name in ATTACKS.names():
         cls = ATTACKS.get(name).config_cls
         print(f"  {name}{'*' if cls.trainable else ''}: {_fields(cls) or '-'}")
+    from roli.registry import OBJECTIVES, SCHEDULES
+
+    print("training objectives (train.objective):")
+    for name in OBJECTIVES.names():
+        cls = OBJECTIVES.get(name).config_cls
+        need = f" (needs attack.loss: {cls.attack_loss})" if cls.attack_loss else ""
+        print(f"  {name}: {_fields(cls) or '-'}{need}")
+    print("attack schedules (train.attack_schedule.{eps,step_size,steps}; multipliers of the target per epoch):")
+    for name in SCHEDULES.names():
+        print(f"  {name}: {_fields(SCHEDULES.get(name)) or '-'}")
     return 0
 
 
@@ -232,9 +245,24 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _interpolate(a: argparse.Namespace) -> int:
+    from roli.evaluation.interpolate import interpolate_run, parse_alphas
+    from roli.report.curves import curve_folder, write_curve
+
+    alphas = parse_alphas(a.alphas)  # bad alphas and an existing --out fail before any model is built
+    folder = curve_folder(a.run_dir, a.out)
+    curve = interpolate_run(a.run_dir, alphas, split=a.split, device=a.device)
+    paths = write_curve(folder, curve)
+    c = curve["chosen"]
+    print(f"chosen alpha {curve['chosen_alpha']:g} ({a.split} robust {c[f'{a.split}_robust']:.2f}%, clean "
+          f"{c[f'{a.split}_clean']:.2f}%): test clean {c['test_clean']:.2f}%, {curve['attack']['name']} "
+          f"{c['test_robust']:.2f}% -> {', '.join(map(str, paths))}")
+    return 0
+
+
 # The handler of each verb (the parser is roli.cli.parser's).
 HANDLERS = {"run": _run, "eval": _eval, "list": _list, "config": _config, "sweep": _sweep, "tune": _tune,
-            "report": _report, "export": _export}
+            "report": _report, "export": _export, "interpolate": _interpolate}
 
 
 def main(argv: list[str] | None = None) -> int:

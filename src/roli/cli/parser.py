@@ -7,7 +7,7 @@ import argparse
 
 from roli.version import __version__
 
-DESCRIPTION = ("`roli run | eval | list | config | sweep | tune | report | export`: thin wrappers over the Python API. "
+DESCRIPTION = ("`roli run | eval | list | config | sweep | tune | report | export | interpolate`: thin wrappers over the Python API. "
                "See README.md.")
 
 
@@ -69,8 +69,9 @@ def _add_eval(sub) -> None:
                    help="attack every example for every step (the plain loop; the same accuracy, slower). Default: "
                         "PGD/FGSM stop attacking an example once it is misclassified")
     e.add_argument("--suite", choices=["quick", "full", "sweep"], default=None,
-                   help="quick: clean + PGD-10; full: clean + FGSM + PGD-10 + AutoAttack (standard); sweep: PGD "
-                        "over eps x (0, 1/4, 1/2, 1, 2) and a large eps. Default: clean + the run's validation attack")
+                   help="quick: clean + PGD-10; full: clean + FGSM + PGD-10 + AutoAttack (standard), plus the eps "
+                        "sweep and PGD-100x5 for the gradient-masking (integrity) flags; sweep: PGD over eps x (0, "
+                        "1/4, 1/2, 1, 2) and a large eps. Default: clean + the run's validation attack")
     e.add_argument("--aa", nargs="+", default=[], metavar="KEY=VALUE",
                    help="AutoAttack settings, e.g. version=custom attacks=[apgd-ce,apgd-t] n_iter=50")
     e.add_argument("--aa-state", default=None, help="AutoAttack resume file (default: beside the checkpoint)")
@@ -135,15 +136,32 @@ def _add_export(sub) -> None:
     x = sub.add_parser("export", help="save a run's best weights as a standalone file others can load (+ OUT.json)")
     x.add_argument("run_dir")
     x.add_argument("output")
-    x.add_argument("--format", choices=["roli", "timm", "safetensors"], default="roli",
+    x.add_argument("--format", choices=["roli", "timm", "safetensors", "peft"], default="roli",
                    help="roli: roli's checkpoint (default); timm: timm's state dict, LoRA merged, for "
-                        "timm.create_model(arch, num_classes=C, checkpoint_path=OUT); safetensors: the whole model")
+                        "timm.create_model(arch, num_classes=C, checkpoint_path=OUT); safetensors: the whole model; "
+                        "peft (LoRA runs): a folder OUT for peft.PeftModel.from_pretrained(timm_net, OUT)")
     x.add_argument("--backbone", metavar="PATH", help="the backbone weights file of a lean best.pt, if it has moved "
                                                       "(its SHA-256 must match the one recorded)")
 
 
+def _add_interpolate(sub) -> None:
+    """`roli interpolate`: its arguments."""
+    i = sub.add_parser("interpolate", help="WiSE-FT curve of a run: (1-a)*start + a*finetuned weights, clean and "
+                       "PGD on validation per alpha, alpha chosen on validation robust accuracy, test at it")
+    i.add_argument("run_dir", help="a completed run's folder")
+    i.add_argument("--alphas", default=None, metavar="A,A", help="alphas in [0, 1], e.g. 0,0.25,0.5,0.75,1 "
+                   "(default 0,0.1,...,1; 0 and 1 are always measured)")
+    i.add_argument("--split", default="val", choices=["val", "train"],
+                   help="the split alpha is chosen on (default val; never test)")
+    i.add_argument("--out", help="folder for curve.csv, curve.json, curve.png; must not exist or be empty (default: "
+                   "RUN/interpolate, or RUN/interpolate-N if that exists)")
+    i.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = CUDA when present (default), else CPU")
+
+
 # One parser function per verb, in --help order.
-VERBS = (_add_run, _add_eval, _add_list, _add_config, _add_sweep, _add_tune, _add_report, _add_export)
+VERBS = (_add_run, _add_eval, _add_list, _add_config, _add_sweep, _add_tune, _add_report, _add_export,
+         _add_interpolate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -129,12 +129,18 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
     """AutoAttack robust accuracy (%) over `loader` (unshuffled), with the accuracy after each sub-attack.
 
     Returns a dict with `acc`, `after` ({"clean": .., sub-attack: ..} in %), `n`, `seconds`, `images_per_s`,
-    `settings` (what AutoAttack ran with), `robust` (per-point flags, loader order) and `state` (the path).
+    `settings` (what AutoAttack ran with, with `substitutions`: the sub-attacks replaced or dropped for the class
+    count, see `roli.attacks.autoattack.fit_to_classes`), `robust` (per-point flags, loader order) and `state`.
     """
     attack = AutoAttack(config, threat)
     cfg = attack.config
     device = next(model.parameters()).device
-    subs = attack.sub_attacks()
+    with attack_mode(model), torch.inference_mode():  # the class count fixes which sub-attacks run
+        n_classes = model(loader.dataset[0][0][None].to(device).float()).shape[1]
+    subs, substitutions = attack.plan(n_classes)
+    for s in substitutions:  # also in the result's settings
+        log.info("AutoAttack on %d classes: %s %s (%s)", n_classes, s["attack"],
+                 f"replaced by {s['by']}" if s["by"] else "dropped", s["why"])
     loader, w = _whole_chunks(loader), world()
     if w.distributed and state_path is not None:  # one resumable state per rank (its own chunks)
         state_path = Path(state_path).with_name(f"{Path(state_path).stem}.rank{w.rank}-of-{w.size}.json")
@@ -143,7 +149,7 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
     if state.seed is None:
         state.seed = attack.resolve_seed()
     state.seed = seed = broadcast(state.seed)  # every rank attacks with rank 0's seed
-    n_classes, t0, done = None, time.perf_counter(), []  # done: (global chunk index, its flags)
+    t0, done = time.perf_counter(), []  # done: (global chunk index, its flags)
     with attack_mode(model):
         for j, (i, (x, y)) in enumerate(_own_chunks(loader, w)):  # chunk-level shards
             x, y = x.to(device).float(), y.to(device)
@@ -152,10 +158,6 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
                 with torch.inference_mode():
                     chunk["flags"]["clean"] = (model(x).argmax(1) == y).tolist()
                 state.save()
-            if n_classes is None:
-                with torch.inference_mode():
-                    n_classes = model(x[:1]).shape[1]
-                attack.check_classes(n_classes)
             robust = torch.tensor(chunk["flags"]["clean"], dtype=torch.bool, device=device)
             for sub in subs:
                 if sub not in chunk["flags"]:
@@ -167,13 +169,12 @@ def evaluate_autoattack(model: nn.Module, loader: DataLoader, config: AutoAttack
             done.append((i, chunk["flags"]))
     secs = time.perf_counter() - t0
     flags_by_chunk = [f for _, f in sorted(gather(done))]  # every rank's chunks, in the loader's order
-    n_classes = max(gather([n_classes or 0]))
     n = sum(len(f["clean"]) for f in flags_by_chunk)
     after = {k: 100.0 * sum(sum(f[k]) for f in flags_by_chunk) / max(n, 1) for k in ("clean", *subs)}
     flags = [b for f in flags_by_chunk for b in f[subs[-1]]]
     result = {"acc": after[subs[-1]], "after": after, "n": n, "seconds": round(secs, 3),
               "images_per_s": round(n / secs, 1) if secs > 0 else None,
-              "settings": attack.settings(n_classes or 10, seed), "robust": flags,
+              "settings": attack.settings(n_classes, seed), "robust": flags,
               "state": str(state_path) if state_path is not None else None, "resumed": state.resumed}
     log.info("AutoAttack (%s, %s eps %.4g): %s", cfg.version, threat.norm, threat.eps,
              ", ".join(f"{k} {v:.2f}%" for k, v in after.items()))

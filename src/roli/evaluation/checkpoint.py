@@ -15,6 +15,7 @@ from roli.config import AttackConfig, Config, ThreatConfig, attack_config, confi
 from roli.data import build_data
 from roli.device import device_name, oom_hint
 from roli.errors import CheckpointError
+from roli.evaluation.integrity import PROBE_RESTARTS, PROBE_STEPS
 from roli.evaluation.suite import SUITES, Suite, library_versions, run_suite
 from roli.precision import resolve
 from roli.transfer.state import load_model
@@ -24,11 +25,13 @@ log = logging.getLogger(__name__)
 
 def suite_configs(cfg: Config, steps: int | None = None, step_size: float | None = None,
                   aa: Mapping | None = None) -> dict[str, AttackConfig | None]:
-    """The suites' attacks: PGD-10 (the run's step/eps ratio), FGSM and AutoAttack (standard, seeded with the run's
-    seed; `aa` overrides its fields, e.g. {"version": "custom", ...})."""
+    """The suites' attacks: PGD-10 (the run's step/eps ratio), FGSM, AutoAttack (standard, seeded with the run's
+    seed; `aa` overrides its fields, e.g. {"version": "custom", ...}) and the integrity probe PGD-100 with 5
+    restarts (PGD-10's step size; `roli.evaluation.integrity`)."""
     base = cfg.eval.attack if cfg.eval.attack.name == "pgd" else attack_config("pgd")
     pgd = dataclasses.replace(base, steps=steps or 10, **({"step_size": step_size} if step_size is not None else {}))
-    return {"clean": None, "pgd": pgd, "fgsm": attack_config("fgsm"),
+    probe = dataclasses.replace(pgd, steps=PROBE_STEPS, restarts=PROBE_RESTARTS, random_start=True, select="best")
+    return {"clean": None, "pgd": pgd, "pgd100": probe, "fgsm": attack_config("fgsm"),
             "autoattack": from_dict(AttackConfig, {"name": "autoattack", "version": "standard", "seed": cfg.run.seed,
                                                    **(aa or {})}, "--aa")}
 

@@ -1,7 +1,8 @@
 """Evaluation suites (`quick`, `full`, `sweep`) over a DataLoader, with the sanity checks, settings and versions.
 
-quick = clean + PGD-10; full = clean + FGSM + PGD-10 + AutoAttack; sweep = clean + PGD over an eps sweep
-(0, eps/4, eps/2, eps, 2 eps by default) plus one large eps, where accuracy should be ~0.
+quick = clean + PGD-10; full = clean + FGSM + PGD-10 + AutoAttack, plus the eps sweep and PGD-100 with 5 restarts
+for the integrity flags (`roli.evaluation.integrity`: gradient-masking signals); sweep = clean + PGD over an eps
+sweep (0, eps/4, eps/2, eps, 2 eps by default) plus one large eps, where accuracy should be ~0.
 
 PGD and FGSM run under the suite's `precision` (default fp32) and stop attacking broken examples (`early_stop`,
 exact: see `PGD.evaluate`); the clean accuracy comes from the first such attack's own clean pass. AutoAttack always
@@ -27,6 +28,7 @@ from roli.config import AttackConfig, ThreatConfig, to_dict
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.autoattack import evaluate_autoattack
 from roli.evaluation.checks import model_checks
+from roli.evaluation.integrity import integrity
 from roli.evaluation.ordering import check_ordering, check_sweep
 from roli.precision import FP32, Precision
 
@@ -43,15 +45,18 @@ LARGE_EPS: dict[str, Callable[[torch.Tensor], float]] = {
 
 @dataclass(frozen=True)
 class Suite:
-    """A named evaluation: which results it reports, in order, and whether it adds the eps sweep."""
+    """A named evaluation: which results it reports, in order, whether it adds the eps sweep, and whether it
+    computes the integrity flags (running the `pgd100` probe for them: its number goes to `probes`, not `results`,
+    so `results` keeps the reported attacks)."""
 
     attacks: tuple[str, ...]  # result names, each a key of the `configs` passed to run_suite ("clean" = None)
     sweep: bool = False
+    integrity: bool = False
 
 
 SUITES: dict[str, Suite] = {
     "quick": Suite(("clean", "pgd")),
-    "full": Suite(("clean", "fgsm", "pgd", "autoattack")),
+    "full": Suite(("clean", "fgsm", "pgd", "autoattack"), sweep=True, integrity=True),
     "sweep": Suite(("clean",), sweep=True),
 }
 
@@ -141,9 +146,30 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
     failed = [c.name for c in checks if not c.passed]
     if failed:
         log.warning("sanity checks failed: %s (see `checks` in the results)", ", ".join(failed))
+    probes, flags = {}, None
+    if suite.integrity:
+        probes, flags = _integrity(model, loader, configs, threat, results, sweep, seed, precision, early_stop)
+        settings.update({k: to_dict(configs[k]) for k in probes})
     return {"threat": to_dict(threat), "attacks": settings, "results": results, "sweep": sweep, "checks": [c.to_dict() for c in checks],
+            **({"probes": probes, "integrity": flags} if suite.integrity else {}),
             "checks_passed": not failed, "precision": {**precision.to_dict(), "autoattack": "fp32"},
             "early_stop": early_stop, "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _integrity(model: nn.Module, loader: DataLoader, configs: Mapping[str, AttackConfig | None],
+               threat: ThreatConfig, results: dict, sweep: list[dict] | None, seed: int, precision: Precision,
+               early_stop: bool) -> tuple[dict, list[dict]]:
+    """The probe attacks (`pgd100` when configured: PGD-100 with restarts) and the integrity flags."""
+    probes = {}
+    if configs.get("pgd100") is not None:
+        torch.manual_seed(seed)
+        probes["pgd100"] = _attacked(model, loader, configs["pgd100"], threat, None, precision, early_stop)
+        probes["pgd100"].pop("clean", None)
+    accs = {k: v["acc"] for k, v in {**results, **probes}.items()}
+    n = next((v["n"] for v in results.values() if v.get("n")), None)
+    x, y = next(iter(loader))
+    device = next(model.parameters()).device
+    return probes, [f.to_dict() for f in integrity(accs, sweep, n, model, (x.to(device), y.to(device)))]
 
 
 def library_versions() -> dict:

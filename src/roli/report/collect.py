@@ -139,6 +139,25 @@ def _checks(evals: list[dict], threat: tuple[str, float], data: str) -> list[dic
     return [dict(c, file=e["file"]) for e in best.values() for c in e.get("checks", [])]
 
 
+def pretrain_cell(res: dict, threat: tuple[str, float]) -> str:
+    """The "pretrain threat" cell of a run: "same" when the backbone was robustly pretrained against the run's
+    threat model, "linf 4/255 ≠ run" when against another, "not robust" when the backbone is known to be standard,
+    "unknown" when nothing is recorded (results.json from before `backbone.pretrain_threat`, or a random init)."""
+    backbone = res.get("backbone") if isinstance(res.get("backbone"), dict) else {}
+    pt = backbone.get("pretrain_threat")
+    if not isinstance(pt, dict):
+        return "not robust" if "pretrain_threat" in backbone and backbone.get("pretrain_threat_from") else "unknown"
+    norm, eps = str(pt["norm"]).lower(), parse_number(pt["eps"])
+    return "same" if _same_threat((norm, eps), threat) else f"{norm} {eps_str(eps)} ≠ run"
+
+
+def _integrity(evals: list[dict], threat: tuple[str, float], data: str) -> list[dict]:
+    """The integrity flags (see `roli.evaluation.integrity`) of the preferred eval JSON that has them."""
+    hits = [e for e in evals if e.get("integrity") and on_threat(e, threat, data)]
+    best = max(hits, key=_rank) if hits else None
+    return [dict(f, file=best["file"]) for f in best["integrity"]] if best else []
+
+
 def _row(d: Path, res: dict) -> dict:
     """The report row of one complete run."""
     cfg = res["config"]
@@ -175,4 +194,7 @@ def _row(d: Path, res: dict) -> dict:
         "epochs": train.get("epochs"), "device": res.get("device"),
         "run_dir": str(d), "config": cfg, "history": res.get("history") or [], "checks": checks,
         "sweep": _best(evals, "sweep", threat, data),
+        "pretrain_threat": pretrain_cell(res, threat), "threat_mismatch": res.get("threat_mismatch"),
+        "integrity": _integrity(evals, threat, data),
+        "aa_substitutions": (aa["attacks"]["autoattack"].get("substitutions") or []) if aa else [],
     }

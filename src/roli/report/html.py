@@ -16,17 +16,20 @@ from roli.files import atomic_write_text
 from roli.report.sections import sections, significance
 from roli.report.tables import (
     INITS,
+    INTEGRITY_NOTE,
     PER_INIT_NOTE,
     RESULTS_NOTE,
     aa_notes,
     column_name,
     cost_table,
+    integrity_lines,
     paper_tables,
     row_name,
     run_table,
     sanity,
     sanity_lines,
     settings,
+    threat_notes,
 )
 
 NUMBER = re.compile(r"[-–0-9./]+")  # cells right-aligned in the per-run table
@@ -201,10 +204,15 @@ def write_html(path: Path, rows: list[dict], gs: list[dict], figures: dict[str, 
     notes = "".join(f'<p class="note">{_inline(n)}</p>' for n in aa_notes(rows))
     parts.append(f'<section id="checks"><h2>AutoAttack and sanity checks</h2>{notes}<ul class="checks">{items}</ul>'
                  "</section>")
+    if flags := integrity_lines(rows):
+        items = "".join(f'<li{" class=fail" if flagged else ""}>{_inline(text)}</li>' for flagged, text in flags)
+        parts.append(f'<section id="integrity"><h2>Integrity flags</h2><p class="note">{_inline(INTEGRITY_NOTE)}'
+                     f'</p><ul class="checks">{items}</ul></section>')
     n = "/".join(map(str, sorted({r["n_test"] for r in rows})))
+    mismatch = "".join(f'<p class="note">{escape(t)}</p>' for t in threat_notes(rows))
     parts.append(f'<section id="runs"><h2>Runs</h2><details><summary>per-run table ({len(rows)} runs)</summary>'
                  f"{_plain_table(*run_table(rows))}<p class=\"note\">Accuracies in %; test on {n} images; epoch = "
-                 "selected (best validation PGD accuracy).</p></details></section>")
+                 f"selected (best validation PGD accuracy).</p>{mismatch}</details></section>")
     atomic_write_text(path, '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
                             '<meta name="viewport" content="width=device-width, initial-scale=1">'
                             f"<title>{escape(title)}</title><style>\n{CSS}</style></head>\n<body><main>\n"

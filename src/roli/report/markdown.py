@@ -10,17 +10,20 @@ from roli.report.sections import sections, significance
 from roli.report.spec import DEFAULTS
 from roli.report.tables import (
     INITS,
+    INTEGRITY_NOTE,
     PER_INIT_NOTE,
     RESULTS_NOTE,
     aa_notes,
     column_name,
     cost_table,
+    integrity_lines,
     paper_tables,
     row_name,
     run_table,
     sanity,
     sanity_lines,
     settings,
+    threat_notes,
 )
 
 
@@ -93,8 +96,13 @@ def report_markdown(rows: list[dict], gs: list[dict], figures: dict[str, tuple[s
     text += ["## Sanity checks", ""]
     for entry in sanity(gs, rows):
         text += [f"- **{t}**" if failed else f"- {t}" for failed, t in sanity_lines(entry)]
+    if flags := integrity_lines(rows):  # only runs evaluated with the flags (archived reports stay as they were)
+        text += ["", "## Integrity flags", "", INTEGRITY_NOTE, "",
+                 *(f"- **{t}**" if flagged else f"- {t}" for flagged, t in flags)]
     head, body = run_table(rows)
     n = "/".join(map(str, sorted({r["n_test"] for r in rows})))
     text += ["", "## Runs", "", *md_table(head, body), "",
              f"Accuracies in %; test on {n} images; epoch = selected (best validation PGD accuracy).", ""]
+    if mismatch := threat_notes(rows):
+        text += ["Pretraining threat model differs from the run's:", "", *(f"- {t}" for t in mismatch), ""]
     return "\n".join(text)

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 from roli.numbers import eps_str
 
-COLUMNS = ["run", "method", "init", "backbone", "data", "eps", "selected_epoch", "val_clean", "val_robust",
+COLUMNS = ["run", "method", "init", "backbone", "pretrain_threat", "data", "eps", "selected_epoch", "val_clean",
+           "val_robust",
            "test_clean", "test_pgd", "test_aa", "aa_version", "aa_n", "seconds"]
 AA_COLUMNS = ("test_aa", "aa_version", "aa_n")  # shown only when some run has an AutoAttack number
-INITS = {"ranli": "RanLI", "roli": "RoLI"}
+UNKNOWN_PRETRAIN = ("unknown", "not robust")  # the pretrain threat column shows only when some run's is known
+INTEGRITY_NOTE = ("Gradient-masking signals from `roli eval --suite full` (roli.evaluation.integrity): PGD-10 vs "
+                  "PGD-100 with 5 restarts (flag above 2 points), accuracy over the eps sweep (a rise of more than "
+                  "one image, or above 5% at the large eps), PGD-10 vs AutoAttack (flag above 3 points), and for VPT "
+                  "whether the attack loss reaches every prompt token (roli's prompts are parameters of the attacked "
+                  "model, so white-box PGD differentiates through the prompted forward). A flag is a reason to look.")
+INITS = {"ranli": "RanLI", "lp_ft": "LP-FT", "roli": "RoLI"}
 PAPER_METHODS = ("linear_probe", "full_finetune", "lora", "adapter", "bitfit", "vpt_deep")  # the paper's row order
 TABLE_METRICS = (("test_clean", "clean"), ("test_pgd", "PGD"), ("test_aa", "AA"))
 RESULTS_NOTE = ("Test accuracy in %, mean ± sample std over seeds (std from 2 seeds on); n = seeds; AA over the seeds "
@@ -27,11 +34,14 @@ def _cell(v: object, column: str = "") -> str:
 def run_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """The per-run table: header and cells (AutoAttack columns only when some run has a number)."""
     steps = sorted({r["pgd_steps"] for r in rows})
-    names = {"run": "run", "method": "method", "init": "init", "backbone": "backbone", "data": "data", "eps": "eps",
+    names = {"run": "run", "method": "method", "init": "init", "backbone": "backbone",
+             "pretrain_threat": "pretrain threat", "data": "data", "eps": "eps",
              "selected_epoch": "epoch", "val_clean": "val clean", "val_robust": "val PGD",
              "test_clean": "test clean", "test_pgd": f"test PGD-{'/'.join(map(str, steps))}", "test_aa": "test AA",
              "aa_version": "AA version", "aa_n": "AA n", "seconds": "seconds"}
     cols = [c for c in COLUMNS if c not in AA_COLUMNS or any(r["test_aa"] is not None for r in rows)]
+    if all(r.get("pretrain_threat", "unknown") in UNKNOWN_PRETRAIN for r in rows):
+        cols.remove("pretrain_threat")
     return [names[c] for c in cols], [[_cell(r[c], c) for c in cols] for r in rows]
 
 
@@ -126,7 +136,22 @@ def aa_notes(rows: list[dict]) -> list[str]:
     if ignored:
         notes.append("AutoAttack evaluations ignored (not on the run's test split and threat model): "
                      + "; ".join(ignored) + ".")
+    subs = unique(f"{s['attack']} {'-> ' + s['by'] if s['by'] else 'dropped'} at {s['classes']} classes ({s['why']})"
+                  for r in rows for s in r.get("aa_substitutions") or [])
+    if subs:
+        notes.append("AutoAttack sub-attacks substituted for the class count: " + "; ".join(subs) + ".")
     return notes
+
+
+def threat_notes(rows: list[dict]) -> list[str]:
+    """One line per run whose backbone was pretrained against another threat model than the run's."""
+    return [f"{r['run']}: {r['threat_mismatch']}" for r in rows if r.get("threat_mismatch")]
+
+
+def integrity_lines(rows: list[dict]) -> list[tuple[bool, str]]:
+    """The integrity flags of every run that has them, as (flagged, text) lines with their numbers' sentence."""
+    return [(f["verdict"] == "flag", f"{r['run']}: {f['name']} {f['verdict'].upper()} ({f['file']}): {f['message']}")
+            for r in rows for f in r.get("integrity") or []]
 
 
 def sanity(gs: list[dict], rows: list[dict]) -> list[dict]:

@@ -19,7 +19,9 @@ from roli.report.html import write_html
 from roli.report.markdown import report_markdown
 from roli.report.tables import settings, unique
 
-INTERNAL = ("config", "history", "checks", "sweep")  # row fields for the report itself, not the CSV or JSON
+# row fields for the report itself, not the CSV or JSON (report.json of archived runs stays as it was)
+INTERNAL = ("config", "history", "checks", "sweep", "pretrain_threat", "threat_mismatch", "integrity",
+            "aa_substitutions")
 PLOTS = {"scatter": "report_scatter.png", "curves": "report_val_curves.png", "eps": "report_eps.png"}
 CAPTIONS = {"scatter": "test clean vs {robust} accuracy per group: hollow RanLI -> filled RoLI, bars = std over seeds",
             "curves": "validation accuracy per epoch, mean over seeds (shaded ±std), * = selected epochs",

@@ -113,21 +113,21 @@ def estimate_hours(cfg: Config, cost: dict[str, Any]) -> float | None:
 
 
 def stage1_group(cfg: Config) -> str | None:
-    """Cells with the same key share one RoLI stage 1 (the linear-probe RanLI cell provides it)."""
-    from roli.training.pipeline import stage1_config, stage1_key
+    """Cells with the same key share one stage 1 (RoLI's or LP-FT's; the linear-probe RanLI cell provides it)."""
+    from roli.training.pipeline import STAGE1_INITS, stage1_config, stage1_key
 
-    return stage1_key(stage1_config(cfg)) if cfg.transfer.init == "roli" else stage1_key(cfg)
+    return stage1_key(stage1_config(cfg)) if cfg.transfer.init in STAGE1_INITS else stage1_key(cfg)
 
 
 def cell_estimates(configs: list[Config], cost: dict[str, Any]) -> list[Estimate]:
-    """The Estimate of every cell (a RoLI cell whose stage 1 no grid cell provides includes it)."""
-    from roli.training.pipeline import stage1_config
+    """The Estimate of every cell (a RoLI or LP-FT cell whose stage 1 no grid cell provides includes it)."""
+    from roli.training.pipeline import STAGE1_INITS, stage1_config
 
-    provided = {stage1_group(c) for c in configs if c.transfer.init != "roli"} - {None}
+    provided = {stage1_group(c) for c in configs if c.transfer.init not in STAGE1_INITS} - {None}
     out = []
     for cfg in configs:
         est = estimate(cfg, cost)
-        if cfg.transfer.init == "roli" and stage1_group(cfg) not in provided:
+        if cfg.transfer.init in STAGE1_INITS and stage1_group(cfg) not in provided:
             est = est + estimate(stage1_config(cfg), cost)  # no grid cell provides this stage 1: it runs here
         out.append(est)
     return out

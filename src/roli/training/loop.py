@@ -1,7 +1,9 @@
-"""One epoch of PGD adversarial training (Madry et al.): the whole batch is replaced by adversarial examples.
+"""One epoch of adversarial training: the training attack crafts x' (eval mode, input gradients only), the objective
+(roli.objectives: PGD-AT by default, Madry et al.; TRADES, MART) turns the clean batch and x' into the loss.
 
-`precision` (roli.precision) autocasts the training step's forward (the training attack carries its own, normally
-the same); the loss is fp32; fp16 steps go through a GradScaler."""
+`precision` (roli.precision) autocasts the training step's forwards (the training attack carries its own, normally
+the same); the loss is fp32; fp16 steps go through a GradScaler. `attack` None (standard training, or an epoch whose
+scheduled eps is 0) runs no attack pass: every objective is then the clean cross-entropy."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import logging
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from roli.attacks.base import Attack
 from roli.config import TrainConfig
 from roli.distributed import all_finite, sum_over_ranks, world
+from roli.objectives import BatchMean, Objective, build_objective
 from roli.precision import Precision, resolve
 from roli.transfer.base import set_train_mode
 
@@ -29,14 +31,22 @@ class NonFiniteLoss(RuntimeError):
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, scheduler,
                     attack: Attack | None, cfg: TrainConfig, epoch: int, *, precision: Precision | None = None,
-                    scaler: torch.amp.GradScaler | None = None, step_model: nn.Module | None = None) -> dict:
+                    scaler: torch.amp.GradScaler | None = None, step_model: nn.Module | None = None,
+                    objective: Objective | None = None) -> dict:
     """One epoch. `precision`: resolved by the caller (default: `cfg.precision` resolved here). `scaler`: the run's
     GradScaler for fp16, kept across epochs by the caller (default: a fresh one when fp16). `step_model`
-    (DistributedDataParallel under torchrun) runs the training step, `model` the attack."""
+    (DistributedDataParallel under torchrun) runs the training step, `model` the attack. `objective`: the loss
+    (default: `cfg.objective`'s); it skips the attack pass where it does not use x' (TRADES with beta 0)."""
     device = next(model.parameters()).device
     precision = precision or resolve(cfg.precision, device, "train.precision")
     scaler = scaler if scaler is not None else precision.grad_scaler()
     step_model = step_model or model
+    objective = objective or build_objective(cfg.objective)
+    attack = attack if objective.needs_attack else None
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        with precision.autocast():
+            return step_model(inputs)
     w = world()
     shards = getattr(loader.batch_sampler, "shards", None) if w.distributed else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -48,14 +58,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         batch = i + 1
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         shard = shards[i] if shards is not None else None
-        if attack is not None:
-            x = attack(model, x, y, shard=shard)  # eval mode, input gradients only; train mode restored afterwards
-        with precision.autocast():
-            logits = step_model(x)
-        if shard is None:
-            loss = F.cross_entropy(logits.float(), y)
-        else:  # DDP averages the ranks' gradients: scale so that the step is the global batch's mean
-            loss = F.cross_entropy(logits.float(), y, reduction="sum") * (w.size / shard.size)
+        # eval mode, input gradients only; train mode restored afterwards
+        x_adv = attack(model, x, y, shard=shard) if attack is not None else None
+        # under DDP the loss is scaled so that the step is the global batch's mean (BatchMean)
+        loss, logits = objective.loss(forward, x, x_adv, y, BatchMean(shard, w.size))
         if not all_finite(loss):  # decided together: one rank stopping alone would leave the others waiting
             where = f"loss is {loss.item()} at epoch {epoch + 1}, batch {batch}" + \
                 (f" of {len(loader)}" if hasattr(loader, "__len__") else "")

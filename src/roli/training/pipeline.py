@@ -29,6 +29,7 @@ from roli.attacks import build_attack
 from roli.backbones import build_model
 from roli.backbones.custom import from_module, module_digest
 from roli.backbones.normalize import check_inputs
+from roli.backbones.provenance import threat_mismatch
 from roli.checkpoints import load_file
 from roli.config import (
     BackboneConfig,
@@ -41,7 +42,7 @@ from roli.config import (
 from roli.data import DataError, Splits, build_data
 from roli.data.custom import from_datasets
 from roli.device import deterministic, device_name, oom_hint
-from roli.errors import ResultsError, RunDirError
+from roli.errors import ConfigError, ResultsError, RunDirError
 from roli.evaluation.accuracy import evaluate
 from roli.files import discard_unstarted, locked, read_json, sha256sum
 from roli.precision import RunPrecision, run_precision
@@ -62,9 +63,27 @@ from roli.version import versions
 log = logging.getLogger(__name__)
 
 
+STAGE1_INITS = ("roli", "lp_ft")  # the inits that start from a stage-1 linear probe's head
+
+
 def stage1_config(cfg: Config) -> Config:
-    """The adversarial linear-probing run that RoLI starts from."""
+    """The linear-probing run that `cfg` starts from: adversarial for RoLI, clean for LP-FT.
+
+    `init: lp_ft` (LP-FT, Kumar et al., ICLR 2022) is the control for RoLI: the same stage-1 settings (`stage1`)
+    with `adversarial: false` (its `stage1.adversarial` is not read), and the epoch selected on validation *clean*
+    accuracy, as Kumar et al. select on clean in-distribution validation accuracy: a clean probe is the start a
+    user without adversarial training would take, so it is chosen as such (its validation PGD is still recorded).
+    The stage 2 method then trains as `train` says (adversarially by default). Its `stage1_key` differs from
+    RoLI's (the training and selection differ), so neither stage 1 is ever reused as the other.
+    """
     lp = TransferConfig(name="linear_probe", init="ranli", head_init=cfg.transfer.head_init)
+    if cfg.transfer.init == "lp_ft":
+        clean = dataclasses.replace(cfg.stage1, adversarial=False)
+        return dataclasses.replace(cfg, transfer=lp, train=clean, stage1=clean,
+                                   eval=dataclasses.replace(cfg.eval, select="clean"))
+    if not cfg.stage1.adversarial:
+        raise ConfigError("stage1.adversarial: false with transfer.init: roli, whose stage 1 is adversarial linear "
+                          "probing; for a clean linear-probe start use transfer.init: lp_ft")
     return dataclasses.replace(cfg, transfer=lp, train=cfg.stage1, stage1=cfg.stage1)
 
 
@@ -158,7 +177,8 @@ def _stage1(s1: Config, key: str, out: Path, custom: Custom | None) -> tuple[Pat
     if pending_exists:
         log.info("RoLI stage 1: resuming %s", pending)
         return pending, run(s1, out, resume=pending, **(custom.kwargs() if custom else {}))
-    log.info("RoLI stage 1: adversarial linear probing (key %s)", key)
+    log.info("%s stage 1: %s linear probing (key %s)", *(("RoLI", "adversarial") if s1.train.adversarial
+                                                        else ("LP-FT", "clean")), key)
     return pending, run(s1, out, name=pending.name, **(custom.kwargs() if custom else {}))
 
 
@@ -191,7 +211,7 @@ def run(cfg: Config, out: str | Path = "runs", name: str | None = None, resume: 
             return done
         out = run_dir.parent
     stage1 = None
-    if cfg.transfer.init == "roli":
+    if cfg.transfer.init in STAGE1_INITS:
         s1_dir, s1_res = ensure_stage1(cfg, out, custom)
         stage1 = {"run_dir": str(s1_dir), "checkpoint": str(s1_dir / "best.pt"), "key": s1_res["stage1_key"],
                   "selected_epoch": s1_res["selected_epoch"], "val": s1_res["best_val"], "test": s1_res["test"]}
@@ -264,8 +284,9 @@ def accelerate(model: nn.Module, cfg: Config, device: torch.device) -> nn.Module
 
 def _build_model(cfg: Config, splits: Splits, stage1: dict | None, custom: Custom | None,
                  device: torch.device) -> tuple[nn.Module, dict]:
-    """The run's model on its device (the backbone or the given module, the RanLI head, RoLI's stage-1 head, the
-    method applied) and the backbone's load report (what was loaded and mapped, and the normalisation used)."""
+    """The run's model on its device (the backbone or the given module, the RanLI head, the stage-1 head of RoLI or
+    LP-FT, the method applied) and the backbone's load report (what was loaded and mapped, and the normalisation
+    used). roli.evaluation.interpolate.start_model rebuilds the same start: change both together (a test checks)."""
     if custom and custom.module is not None:
         model = from_module(copy.deepcopy(custom.module), splits.num_classes, example=splits.train[0][0][None])
     else:
@@ -309,6 +330,8 @@ def _record_completion(results: dict, cfg: Config, fitted: FitResult, test: dict
               "pgd_images_per_s": test["pgd"]["images_per_s"], "early_stop": cfg.eval.early_stop},
         seconds=round(time.perf_counter() - t0, 1),
     )
+    if fitted.co_guard is not None:  # the catastrophic-overfitting guard: its events and the attack it ended with
+        results["co_guard"] = fitted.co_guard
 
 
 def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | None, recipe: str | None,
@@ -329,6 +352,7 @@ def _train_and_test(cfg: Config, run_dir: Path, resume: bool, stage1: dict | Non
         "method": cfg.transfer.name, "init": cfg.transfer.init, "stage1_key": stage1_key(cfg, custom), "stage1": stage1,
         "params": {"trainable": trainable, "total": sum(p.numel() for p in model.parameters())},
         "backbone": backbone_report, "precision": precision.to_dict(),
+        "threat_mismatch": threat_mismatch(backbone_report, cfg.threat),  # pretrained at another eps/norm
     }
     if w.is_main:
         write_results(run_dir, results)

@@ -16,8 +16,12 @@ Init (`adapter_init`; the field cannot be called `init`, which already selects t
   adapter degenerates into one learned bias vector per block. For comparison with the reference only.
 
 Trainable: the down/up layers of every Adapter (2·dim·b + b + dim per block) plus the head.
-Backbones: timm VisionTransformer (incl. vit_tiny_28) and SwinTransformer (other timm models whose blocks have an
-`.mlp` with a Linear `fc1` are adapted the same way, untested). ResNets have no `.mlp` blocks: UnsupportedBackbone.
+Backbones: every module with an MLP block (capability `mlp_block`: an `.mlp` whose fc1/fc2 are Linear or 1x1 Conv2d):
+timm VisionTransformer (incl. vit_tiny_28), SwinTransformer, XCiT (its XCA blocks and its class-attention blocks,
+whose MLP runs on the class token only) and ConvNeXt. ConvNeXt's MLP runs channels-last with Linear layers (the
+default); with `conv_mlp=True` it is a 1x1-conv MLP on (B, C, H, W), and the adapter then runs on the channels of
+every pixel (the same Linear adapter, the tensor permuted to channels-last and back). ResNets have no MLP blocks:
+UnsupportedBackbone.
 """
 
 from __future__ import annotations
@@ -31,9 +35,8 @@ from torch import nn
 
 from roli.config import TransferConfig
 from roli.errors import ConfigError
-from roli.transfer.base import TRANSFER, TransferMethod, UnsupportedBackbone
-
-SUPPORTED = "timm VisionTransformer and SwinTransformer backbones (transformer blocks with an `.mlp`)"
+from roli.transfer.base import TRANSFER, TransferMethod
+from roli.transfer.capabilities import mlp_blocks, mlp_dim
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,44 +81,32 @@ class AdapterMlp(nn.Module):
         super().__init__()
         dim = mlp_dim(base_layer)
         if dim is None:
-            raise ValueError(f"{type(base_layer).__name__} has no Linear fc1/fc2 of equal in/out width to adapt")
+            raise ValueError(f"{type(base_layer).__name__} has no Linear or 1x1-conv fc1/fc2 of equal in/out width to adapt")
         if dim // reduction < 1:
             raise ConfigError(f"transfer.reduction {reduction} leaves no bottleneck for a block of width {dim}: the "
                               f"bottleneck is width // reduction; give a reduction of at most {dim} (e.g. 8)")
         self.base_layer = base_layer
         w = base_layer.fc1.weight
+        self.channels_first = isinstance(base_layer.fc1, nn.Conv2d)  # a 1x1-conv MLP on (B, C, H, W)
         self.adapter = Adapter(dim, dim // reduction, init, device=w.device, dtype=w.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """m + adapter(m), m the original MLP's output."""
+        """m + adapter(m), m the original MLP's output (a conv MLP's channels are moved last for the adapter)."""
         m = self.base_layer(x)
+        if self.channels_first:
+            return m + self.adapter(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return m + self.adapter(m)
-
-
-def mlp_dim(mlp: nn.Module) -> int | None:
-    """The block width of an MLP with a Linear fc1 (and, if present, an fc2 back to the same width)."""
-    fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-    if not isinstance(fc1, nn.Linear):
-        return None
-    if fc2 is not None and getattr(fc2, "out_features", None) != fc1.in_features:
-        return None
-    return fc1.in_features
-
-
-def mlp_blocks(net: nn.Module) -> list[nn.Module]:
-    """Modules whose `.mlp` is a not-yet-adapted MLP of known width."""
-    return [m for m in net.modules() if isinstance(getattr(m, "mlp", None), nn.Module)
-            and not isinstance(m.mlp, AdapterMlp) and mlp_dim(m.mlp) is not None]
 
 
 @TRANSFER.register("adapter")
 class AdapterMethod(TransferMethod):
     """Adapters (Houlsby et al., arXiv 1902.00751): a trainable bottleneck MLP (dim -> dim // reduction -> dim,
-    GELU) added residually after every transformer block's MLP; the backbone stays frozen, the adapters and the
+    GELU) added residually after every MLP block; the backbone stays frozen, the adapters and the
     head train. With the default `standard` init the up-projection starts at zero, so the adapted model equals the
     pretrained one at step 0.
 
-    Backbones: timm VisionTransformer and SwinTransformer (blocks with an `.mlp`); others raise UnsupportedBackbone.
+    Backbones: any with MLP blocks (ViT, Swin, XCiT, ConvNeXt; see the module docstring); others (ResNet) raise
+    UnsupportedBackbone.
 
     Example:
         Recipe: ``transfer: {name: adapter, reduction: 8}`` (ViT-B: bottleneck 96). Python:
@@ -127,13 +118,7 @@ class AdapterMethod(TransferMethod):
 
     config_cls = AdapterConfig
     config: AdapterConfig
-
-    def check(self, net: nn.Module) -> None:
-        """Raise UnsupportedBackbone if `net` has no transformer block with an MLP to adapt."""
-        if not mlp_blocks(net):
-            raise UnsupportedBackbone(
-                f"adapter supports {SUPPORTED}; {type(net).__name__} has no transformer blocks with an MLP"
-            )
+    requires = ("mlp_block",)
 
     def inject(self, net: nn.Module) -> None:
         """Wrap every block's MLP in an AdapterMlp."""

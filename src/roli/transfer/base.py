@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import ClassVar
 
 from torch import nn
 
 from roli.backbones.normalize import Classifier
 from roli.config import TransferConfig
-from roli.errors import UnsupportedBackbone  # noqa: F401  (raised by the methods, imported from here)
+from roli.errors import UnsupportedBackbone
 from roli.registry import TRANSFER
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm)
+from roli.transfer.capabilities import Requirement, refusal, unmet
 
 
 class TransferMethod:
@@ -26,6 +26,8 @@ class TransferMethod:
         'lora'
     """
     config_cls: type[TransferConfig] = TransferConfig
+    # What the backbone must offer (roli.transfer.capabilities): each entry a capability or a tuple of alternatives.
+    requires: ClassVar[tuple[Requirement, ...]] = ()
 
     def __init__(self, config: TransferConfig) -> None:
         self.config = config
@@ -47,7 +49,11 @@ class TransferMethod:
         return model
 
     def check(self, net: nn.Module) -> None:
-        """Raise UnsupportedBackbone (naming the supported backbones) if this method cannot adapt `net`."""
+        """Raise UnsupportedBackbone if `net` lacks what `requires` declares: one line naming what is missing and the
+        methods that do apply to `net`. Methods with further conditions extend this."""
+        missing = unmet(self.requires, net)
+        if missing:
+            raise UnsupportedBackbone(refusal(self.config.name, net, missing))
 
     def inject(self, net: nn.Module) -> None:
         """Add new modules (adapters, prompts, LoRA); nothing for methods that only unfreeze."""

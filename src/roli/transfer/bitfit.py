@@ -9,8 +9,11 @@ the head. Other parameters with "bias" in their name are not biases of a layer a
   (protocol B9); the option reproduces that.
 - separate q/v bias parameters (BEiT, Swin-V2) and nn.MultiheadAttention's in_proj_bias are not included.
 
-Backbones: any. ViT: every Linear/LayerNorm bias and the patch-embed conv bias; Swin: the same (+ the position
-tables with the option); ResNet: the BatchNorm biases (its convs have none) and the fc head.
+Backbones: any with layer biases outside the classifier (capability `biases`). ViT, XCiT: every Linear/LayerNorm
+bias and the patch-embed conv bias (XCiT: also its BatchNorm biases); Swin: the same (+ the position tables with the
+option); ConvNeXt: every conv, Linear and LayerNorm bias; ResNet: the BatchNorm biases, since its convs have none.
+ResNet's BitFit is therefore "BatchNorm shifts only": with trainable biases its BatchNorms are not frozen, so they run
+in train mode and update their running statistics, as in full finetuning (stored in every checkpoint).
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from roli.config import TransferConfig
-from roli.transfer.base import _NORMS, TRANSFER, TransferMethod
-
-BIAS_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, *_NORMS)
+from roli.transfer.base import TRANSFER, TransferMethod
+from roli.transfer.capabilities import BIAS_MODULES, layer_biases  # noqa: F401  (BIAS_MODULES: imported from here)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,12 +34,6 @@ class BitFitConfig(TransferConfig):
 
     name: str = "bitfit"
     include_rel_pos_bias: bool = False  # also train Swin's relative_position_bias_table (the reference, B9)
-
-
-def layer_biases(net: nn.Module) -> list[nn.Parameter]:
-    """The `bias` parameters of the Linear, Conv and normalisation layers of `net` (BIAS_MODULES)."""
-    return [m.bias for m in net.modules()
-            if isinstance(m, BIAS_MODULES) and isinstance(getattr(m, "bias", None), nn.Parameter)]
 
 
 def relative_position_tables(net: nn.Module) -> list[nn.Parameter]:
@@ -49,7 +45,7 @@ def relative_position_tables(net: nn.Module) -> list[nn.Parameter]:
 @TRANSFER.register("bitfit")
 class BitFit(TransferMethod):
     """BitFit (Ben Zaken et al., arXiv 2106.10199): only the bias terms of the backbone's layers train, with the
-    head; every weight stays frozen. Works on any backbone (chosen by module type, see the module docstring).
+    head; every weight stays frozen. Needs layer biases (every timm family has them; ResNet: BatchNorm biases only).
 
     Example:
         Recipe: ``transfer: {name: bitfit}``; ``transfer: {name: bitfit, include_rel_pos_bias: true}`` also trains
@@ -61,6 +57,7 @@ class BitFit(TransferMethod):
 
     config_cls = BitFitConfig
     config: BitFitConfig
+    requires = ("biases",)
 
     def trainable(self, net: nn.Module) -> Iterable[nn.Parameter]:
         """The layer biases, plus Swin's position tables with `include_rel_pos_bias`."""

@@ -6,6 +6,9 @@
   timm's model does not normalise: feed it (x - mean) / std from the sidecar.
 - `safetensors`: roli's whole model (normalisation included, LoRA merged where possible) as a safetensors file.
 - `roli`: roli's own standalone checkpoint (what `roli eval` and `backbone.checkpoint` read).
+- `peft` (LoRA runs): a folder OUT that `peft.PeftModel.from_pretrained(timm_net, OUT)` loads onto the timm
+  architecture (roli.transfer.peft_export: the q,v LoRA as a rank-2r LoRA on the fused qkv), with the sidecar inside
+  as OUT/roli.json and a README.md.
 The sidecar `OUT.json` holds the architecture, classes, normalisation, input size, threat model, method and the run's
 metrics. Nothing is overwritten.
 """
@@ -20,15 +23,11 @@ from torch import nn
 
 from roli.checkpoints import save_new
 from roli.config import Config, to_dict
-from roli.errors import CheckpointError
 from roli.files import write_atomic
 from roli.transfer.lora import merge_lora
+from roli.transfer.peft_export import ExportError, lora_modules, write_peft
 
-FORMATS = ("roli", "timm", "safetensors")
-
-
-class ExportError(CheckpointError):
-    """The model cannot be written in the asked format; the message names one that works."""
+FORMATS = ("roli", "timm", "safetensors", "peft")
 
 
 def timm_arch(cfg: Config) -> str:
@@ -64,7 +63,10 @@ def sidecar(cfg: Config, model: nn.Module, ckpt: dict, results: dict | None, fmt
                               "checkpoint_path=OUT); normalise inputs with mean/std",
                       "safetensors": "safetensors.torch.load_file(OUT): roli's Classifier state dict (normalize.* "
                                      "then net.*)",
-                      "roli": "roli eval --checkpoint OUT, or backbone.checkpoint: OUT"}[fmt],
+                      "roli": "roli eval --checkpoint OUT, or backbone.checkpoint: OUT",
+                      "peft": "net = timm.create_model(arch, num_classes=C); net.load_state_dict(safetensors.torch."
+                              "load_file(OUT/base_model.safetensors)); peft.PeftModel.from_pretrained(net, OUT); "
+                              "normalise inputs with mean/std (OUT/README.md)"}[fmt],
     }
 
 
@@ -74,6 +76,11 @@ def export(model: nn.Module, cfg: Config, ckpt: dict, output: str | Path, fmt: s
     if fmt not in FORMATS:
         raise ExportError(f"export format {fmt!r} is unknown; choose one of {list(FORMATS)}")
     output = Path(output)
+    if fmt == "peft":  # a folder, its sidecar inside
+        if not lora_modules(model.net):
+            raise ExportError(f"--format peft holds LoRA adapters and this {cfg.transfer.name} run has none; export "
+                              f"it as {' or '.join(applicable(model, cfg.transfer.name))}")
+        return write_peft(model, output, sidecar(cfg, model, ckpt, results, fmt))
     side = output.with_name(output.name + ".json")
     for path in (output, side):
         if path.exists():
@@ -98,6 +105,16 @@ def export(model: nn.Module, cfg: Config, ckpt: dict, output: str | Path, fmt: s
         save_new({**keep, "model": state}, output)
     save_new_text(side, json.dumps(sidecar(cfg, model, ckpt, results, fmt), indent=2))
     return [output, side]
+
+
+def applicable(model: nn.Module, method: str) -> list[str]:
+    """The formats `model` can be exported as (for the error naming them)."""
+    try:
+        merged_net(model, method)
+        timm = ["timm"]
+    except ExportError:
+        timm = []
+    return ["roli", *timm, "safetensors", *(["peft"] if lora_modules(model.net) else [])]
 
 
 def save_new_text(path: Path, text: str) -> None:

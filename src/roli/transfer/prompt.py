@@ -26,8 +26,11 @@ prompt (1, T, block dim) that replaces the incoming one, i.e. 12,032·T paramete
 and embed_dim, for every stage's prompts) and prompt dropout as for ViT.
 
 Trainable: the prompts (ViT deep: depth·T·dim; shallow: T·embed_dim) plus the head.
-Backbones: timm VisionTransformer (incl. vit_tiny_28) and SwinTransformer; ResNet and others raise
-UnsupportedBackbone.
+Backbones: those with a token sequence (capabilities `prefix_tokens` or `window_tokens`): timm VisionTransformer
+(incl. vit_tiny_28, DeiT, CLIP ViTs) and SwinTransformer. ConvNeXt and ResNet have no tokens; XCiT is refused too:
+its blocks reshape the tokens to the patch grid (local patch interaction) and its class token joins only in the last
+class-attention blocks, so prompt tokens would need a design of their own. UnsupportedBackbone names the methods that
+do apply.
 """
 
 from __future__ import annotations
@@ -44,8 +47,6 @@ from torch import nn
 from roli.config import TransferConfig
 from roli.transfer.base import TRANSFER, TransferMethod, UnsupportedBackbone
 from roli.transfer.prompt_swin import PromptedSwinBlock, check_swin, inject_swin
-
-SUPPORTED = "timm VisionTransformer (e.g. vit_tiny_28, vit_base_patch16_224) and SwinTransformer backbones"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,12 +117,12 @@ class _VPT(TransferMethod):
     config_cls = PromptConfig
     config: PromptConfig
     deep: bool
+    requires = (("prefix_tokens", "window_tokens"),)
 
     def check(self, net: nn.Module) -> None:
+        super().check(net)
         if isinstance(net, SwinTransformer):
             return check_swin(net, self.config.name)
-        if not isinstance(net, VisionTransformer):
-            raise UnsupportedBackbone(f"{self.config.name} supports {SUPPORTED}; got {type(net).__name__}")
         if not isinstance(net.blocks, nn.Sequential) or len(net.blocks) == 0:
             raise UnsupportedBackbone(f"{self.config.name}: expected ViT blocks in an nn.Sequential")
         if any(isinstance(b, PromptedBlock) for b in net.blocks):
