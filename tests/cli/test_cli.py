@@ -237,6 +237,9 @@ def test_eval_sweep_suite(finished_run, tmp_path, capsys):
     eps = cfg.threat.eps
     assert [p["eps"] for p in data["sweep"]] == pytest.approx([0, eps / 4, eps / 2, eps, 2 * eps, 0.5])
     assert data["sweep"][0]["acc"] == data["results"]["clean"]["acc"]
+    pts = [(p["eps"], p["acc"]) for p in data["sweep"] if p["eps"] <= eps]  # the trapezoid mean over [0, eps]
+    area = sum((e1 - e0) * (a0 + a1) / 2 for (e0, a0), (e1, a1) in zip(pts, pts[1:]))
+    assert data["expected_robustness"] == pytest.approx(area / eps)
     names = [c["name"] for c in data["checks"]]
     assert {"eps_monotone", "large_eps", "eps_zero_clean"} <= set(names)
     assert next(c for c in data["checks"] if c["name"] == "eps_zero_clean")["passed"]

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from roli.config import ConfigError, load_config
 from roli.distributed import Shard
 from roli.objectives import BatchMean, build_objective
-from roli.objectives.expected import expected_robustness
 from roli.objectives.mart import mart_rows
 from roli.registry import OBJECTIVES
 
@@ -101,18 +100,6 @@ def test_sharded_losses_sum_to_the_global_mean(name):
         loss, _ = obj.loss(lambda t, w=w: t @ w, X[a:b], X_ADV[a:b], Y[a:b], BatchMean(Shard(a, 8), world_size=2))
         grads.append(torch.autograd.grad(loss, w)[0])
     torch.testing.assert_close(sum(grads) / 2, g_full, rtol=1e-5, atol=1e-6)  # DDP averages over ranks
-
-
-def test_expected_robustness_is_the_trapezoid_mean_up_to_the_target():
-    rows = [{"eps": 0.0, "acc": 90.0}, {"eps": 0.025, "acc": 80.0}, {"eps": 0.05, "acc": 60.0},
-            {"eps": 0.1, "acc": 40.0}, {"eps": 0.2, "acc": 5.0}, {"eps": 0.5, "acc": 0.0}]
-    # (0.025 * 85 + 0.025 * 70 + 0.05 * 50) / 0.1; points above the target do not count
-    assert expected_robustness(rows, 0.1) == pytest.approx(63.75)
-    assert expected_robustness(rows, 0.0) == 90.0
-    with pytest.raises(ValueError, match="eps 0 and at the target"):
-        expected_robustness(rows[1:], 0.1)
-    with pytest.raises(ValueError, match="eps 0 and at the target"):
-        expected_robustness(rows, 0.15)
 
 
 def test_trades_needs_the_kl_attack_and_kl_needs_trades():

@@ -28,6 +28,7 @@ from roli.config import AttackConfig, ThreatConfig, to_dict
 from roli.evaluation.accuracy import accuracy
 from roli.evaluation.autoattack import evaluate_autoattack
 from roli.evaluation.checks import model_checks
+from roli.evaluation.expected import expected_robustness
 from roli.evaluation.integrity import integrity
 from roli.evaluation.ordering import check_ordering, check_sweep
 from roli.precision import FP32, Precision
@@ -137,12 +138,13 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
     device = next(model.parameters()).device
     checks = model_checks(model, x.to(device), y.to(device))
     checks.append(check_ordering({k: v["acc"] for k, v in results.items()}))
-    sweep = None
+    sweep = expected = None
     if suite.sweep:
         sweep = eps_sweep(model, loader, configs["pgd"], threat, sweep_factors, seed=seed, precision=precision,
                           early_stop=early_stop)
         settings["sweep"] = to_dict(configs["pgd"])
         checks += check_sweep(sweep, clean=results["clean"]["acc"] if "clean" in results else None)
+        expected = expected_robustness(sweep, threat.eps) if any(p["eps"] == 0 for p in sweep) else None
     failed = [c.name for c in checks if not c.passed]
     if failed:
         log.warning("sanity checks failed: %s (see `checks` in the results)", ", ".join(failed))
@@ -150,7 +152,8 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
     if suite.integrity:
         probes, flags = _integrity(model, loader, configs, threat, results, sweep, seed, precision, early_stop)
         settings.update({k: to_dict(configs[k]) for k in probes})
-    return {"threat": to_dict(threat), "attacks": settings, "results": results, "sweep": sweep, "checks": [c.to_dict() for c in checks],
+    return {"threat": to_dict(threat), "attacks": settings, "results": results, "sweep": sweep,
+            "expected_robustness": expected, "checks": [c.to_dict() for c in checks],
             **({"probes": probes, "integrity": flags} if suite.integrity else {}),
             "checks_passed": not failed, "precision": {**precision.to_dict(), "autoattack": "fp32"},
             "early_stop": early_stop, "seconds": round(time.perf_counter() - t0, 3)}

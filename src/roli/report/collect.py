@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from roli.errors import ResultsError
+from roli.evaluation.expected import expected_robustness
 from roli.evaluation.ordering import check_ordering
 from roli.files import read_json
 from roli.numbers import eps_str, parse_number
@@ -151,6 +152,19 @@ def pretrain_cell(res: dict, threat: tuple[str, float]) -> str:
     return "same" if _same_threat((norm, eps), threat) else f"{norm} {eps_str(eps)} ≠ run"
 
 
+def expected_of(sweep_eval: dict | None, eps: float) -> float | None:
+    """Expected robustness (mean accuracy over eps uniform in [0, eps], roli.evaluation.expected) of the run's
+    preferred eps sweep: as its eval JSON states it, else from its points (older evals), when they span [0, eps]."""
+    if not sweep_eval:
+        return None
+    if sweep_eval.get("expected_robustness") is not None:
+        return sweep_eval["expected_robustness"]
+    try:
+        return expected_robustness(sweep_eval["sweep"], eps)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def _integrity(evals: list[dict], threat: tuple[str, float], data: str) -> list[dict]:
     """The integrity flags (see `roli.evaluation.integrity`) of the preferred eval JSON that has them."""
     hits = [e for e in evals if e.get("integrity") and on_threat(e, threat, data)]
@@ -193,7 +207,7 @@ def _row(d: Path, res: dict) -> dict:
         "aa_seconds": aa_res.get("seconds"), "aa_file": aa["file"] if aa else None, "aa_ignored": ignored,
         "epochs": train.get("epochs"), "device": res.get("device"),
         "run_dir": str(d), "config": cfg, "history": res.get("history") or [], "checks": checks,
-        "sweep": _best(evals, "sweep", threat, data),
+        "sweep": (sweep := _best(evals, "sweep", threat, data)), "test_expected": expected_of(sweep, eps),
         "pretrain_threat": pretrain_cell(res, threat), "threat_mismatch": res.get("threat_mismatch"),
         "integrity": _integrity(evals, threat, data),
         "aa_substitutions": (aa["attacks"]["autoattack"].get("substitutions") or []) if aa else [],

@@ -9,7 +9,7 @@ from roli.numbers import eps_str
 
 COLUMNS = ["run", "method", "init", "backbone", "pretrain_threat", "data", "eps", "selected_epoch", "val_clean",
            "val_robust",
-           "test_clean", "test_pgd", "test_aa", "aa_version", "aa_n", "seconds"]
+           "test_clean", "test_pgd", "test_aa", "aa_version", "aa_n", "test_expected", "seconds"]
 AA_COLUMNS = ("test_aa", "aa_version", "aa_n")  # shown only when some run has an AutoAttack number
 UNKNOWN_PRETRAIN = ("unknown", "not robust")  # the pretrain threat column shows only when some run's is known
 INTEGRITY_NOTE = ("Gradient-masking signals from `roli eval --suite full` (roli.evaluation.integrity): PGD-10 vs "
@@ -38,8 +38,9 @@ def run_table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
              "pretrain_threat": "pretrain threat", "data": "data", "eps": "eps",
              "selected_epoch": "epoch", "val_clean": "val clean", "val_robust": "val PGD",
              "test_clean": "test clean", "test_pgd": f"test PGD-{'/'.join(map(str, steps))}", "test_aa": "test AA",
-             "aa_version": "AA version", "aa_n": "AA n", "seconds": "seconds"}
-    cols = [c for c in COLUMNS if c not in AA_COLUMNS or any(r["test_aa"] is not None for r in rows)]
+             "aa_version": "AA version", "aa_n": "AA n", "test_expected": "expected (0..eps)", "seconds": "seconds"}
+    cols = [c for c in COLUMNS if (c not in AA_COLUMNS or any(r["test_aa"] is not None for r in rows))
+            and (c != "test_expected" or any(r.get("test_expected") is not None for r in rows))]
     if all(r.get("pretrain_threat", "unknown") in UNKNOWN_PRETRAIN for r in rows):
         cols.remove("pretrain_threat")
     return [names[c] for c in cols], [[_cell(r[c], c) for c in cols] for r in rows]
