@@ -9,7 +9,7 @@ from scipy import stats
 from roli.report.finding_roli import finding_roli
 from roli.report.inference import holm
 
-SPEC = {"robust": "robust", "methods": ["linear_probe", "full_finetune", "lora", "adapter"], "alpha": 0.05,
+SPEC = {"robust": "robust", "standard": "standard", "methods": ["linear_probe", "full_finetune", "lora", "adapter"], "alpha": 0.05,
         "equivalence_margin": 1.0, "controls": ["ranli", "ranli_matched"], "paper": {"roli_gain_clean": 3.88}}
 BASE = {"full_finetune": 75.0, "lora": 80.0, "adapter": 77.0}
 # RoLI - RanLI per seed: full finetuning gains a lot, LoRA ~0 (tight), adapter ~0 (noisy)

@@ -103,28 +103,33 @@ def test_sign_flip_draws_seeded_patterns_above_twenty():
 # ------------------------------------------------------------------------------------------------ finding 3
 
 
-@pytest.mark.parametrize("d_clean,expected", [
-    ([3.1, 2.9, 3.5, 2.7, 3.3, 3.0], "holds"),
-    ([1.0, -1.0, 2.0, -2.0, 0.5, -0.4], "not significant"),
-    ([-3.1, -2.9, -3.5, -2.7, -3.3, -3.0], "reversed"),
+@pytest.mark.parametrize("d_clean,call,status", [
+    ([3.1, 2.9, 3.5, 2.7, 3.3, 3.0], "RoLI better", "holds"),
+    ([1.0, -1.0, 2.0, -2.0, 0.5, -0.4], "inconclusive", "not shown"),
+    ([-3.1, -2.9, -3.5, -2.7, -3.3, -3.0], "RoLI worse", "does not hold"),
 ])
-def test_roli_pooled_verdicts_and_p_values(d_clean, expected):
+def test_roli_per_method_verdicts_and_pooled_two_way(d_clean, call, status):
     d_pgd = [2.0, 2.5, 1.8, 2.9, 2.2, 2.6]
     r = finding_roli(roli_groups(d_clean, d_pgd), spec(paper={"roli_gain_clean": 3.88, "roli_gain_pgd": 2.44}))
-    clean = r["pooled"]["clean"]
-    ref = stats.ttest_1samp(d_clean, 0.0)
-    assert clean["verdict"] == expected and clean["n"] == 6
-    assert clean["p"] == pytest.approx(ref.pvalue) and clean["t"] == pytest.approx(ref.statistic)
-    assert clean["se"] == pytest.approx(np.std(d_clean, ddof=1) / np.sqrt(6))
-    assert clean["p_vs_paper"] == pytest.approx(stats.ttest_1samp(d_clean, 3.88).pvalue)
-    assert clean["paper_in_ci"] == (clean["ci"][0] <= 3.88 <= clean["ci"][1])
-    assert r["pooled"]["pgd"]["verdict"] == "holds"
-    assert r["status"] == {"holds": "holds", "not significant": "partly holds", "reversed": "does not hold"}[expected]
-    lora = next(m for m in r["methods"] if m["method"] == "lora")["metrics"]["clean"]
-    assert lora["p"] == pytest.approx(stats.ttest_rel(np.add([80.0, 81.5, 79.2], d_clean[3:]),
-                                                      [80.0, 81.5, 79.2]).pvalue)
-    assert expected in r["sentence"] and "paper +3.88" in r["sentence"]
-    assert [m["method"] for m in r["methods"]] == ["full_finetune", "lora", "adapter"]  # no linear probe RoLI
+    (ranli,) = r["controls"]  # the spec's default: RanLI only
+    rows = {m["method"]: m for m in ranli["methods"]}
+    raw = [stats.ttest_1samp(d_clean[:3], 0).pvalue, stats.ttest_1samp(d_clean[3:], 0).pvalue]
+    holm = sorted(raw)
+    holm = {holm[0]: min(1, 2 * holm[0]), holm[1]: max(min(1, 2 * holm[0]), holm[1])}
+    for m, p in zip(("full_finetune", "lora"), raw):
+        clean = rows[m]["metrics"]["clean"]
+        assert clean["p"] == pytest.approx(p) and clean["holm_p"] == pytest.approx(holm[p])
+        assert clean["verdict"] == call
+    assert r["status"] == ranli["status"] == status
+    pooled = ranli["pooled"]["clean"]
+    d = np.array(d_clean).reshape(2, 3)  # methods x seeds: the two-way model's residual df is 1 x 2
+    resid = d - d.mean(1, keepdims=True) - d.mean(0, keepdims=True) + d.mean()
+    se = np.sqrt((resid**2).sum() / 2 / 6)
+    assert pooled["mean"] == pytest.approx(d.mean()) and pooled["df"] == 2 and pooled["se"] == pytest.approx(se)
+    assert pooled["p_vs_paper"] == pytest.approx(2 * stats.t.sf(abs(d.mean() - 3.88) / se, 2))
+    assert pooled["seed_cluster"]["p"] == pytest.approx(stats.ttest_1samp(d.mean(0), 0).pvalue)
+    assert f"Against RanLI: {status} here" in r["sentence"] and call in r["sentence"]
+    assert list(rows) == ["full_finetune", "lora", "adapter"]  # no linear probe RoLI
     assert r["missing"] == ["robust-adapter-ranli", "robust-adapter-roli"] and "adapter" in findings_markdown(
         findings(roli_groups(d_clean, d_pgd), spec()))
 
@@ -132,7 +137,7 @@ def test_roli_pooled_verdicts_and_p_values(d_clean, expected):
 def test_roli_pairs_only_seeds_in_both_groups():
     g = {"robust-lora-ranli": group([80.0, 81.0, 82.0], [50.0, 51.0, 52.0], seeds=[0, 1, 2]),
          "robust-lora-roli": group([84.0, 83.0, 85.0], [52.0, 54.0, 53.0], seeds=[1, 2, 3])}
-    row = finding_roli(g, spec(methods=["lora"]))["methods"][0]
+    row = finding_roli(g, spec(methods=["lora"]))["controls"][0]["methods"][0]
     assert row["seeds"] == [1, 2] and row["unpaired_seeds"] == [0, 3]
     clean = row["metrics"]["clean"]
     assert clean["n"] == 2 and clean["df"] == 1 and "1 df" in clean["note"]
@@ -142,32 +147,35 @@ def test_roli_pairs_only_seeds_in_both_groups():
 # ------------------------------------------------------------------------------------------------ finding 2
 
 
-def lp_ft(lp_pgd, ft_pgd, lp_clean=(70.0, 71.0, 72.0), ft_clean=(70.5, 71.5, 71.0)):
+def lp_ft(lp_pgd, ft_pgd, lp_clean=(70.0, 70.2, 69.9), ft_clean=(70.1, 69.9, 70.0)):
     return {"robust-linear_probe-ranli": group(list(lp_clean), list(lp_pgd)),
             "robust-full_finetune-ranli": group(list(ft_clean), list(ft_pgd))}
 
 
 @pytest.mark.parametrize("lp_pgd,ft_pgd,expected,status", [
     ([45.0, 45.5, 46.0], [40.0, 40.4, 39.8], "beats", "holds"),
-    ([45.0, 46.0, 44.0], [45.2, 44.9, 45.8], "matches", "holds"),
-    ([35.0, 35.5, 36.0], [40.0, 40.4, 39.8], "does not hold", "does not hold"),
+    ([45.0, 45.2, 44.9], [45.1, 44.9, 45.0], "matches", "holds"),
+    ([35.0, 35.5, 36.0], [40.0, 40.4, 39.8], "falls behind", "does not hold"),
 ])
 def test_linear_vs_full_verdicts(lp_pgd, ft_pgd, expected, status):
     r = finding_linear_vs_full(lp_ft(lp_pgd, ft_pgd), spec())
     pgd = r["metrics"]["pgd"]
     assert pgd["verdict"] == expected and r["status"] == status
     assert pgd["p"] == pytest.approx(stats.ttest_ind(lp_pgd, ft_pgd, equal_var=False).pvalue)
-    assert r["metrics"]["clean"]["verdict"] == "matches"
+    assert r["metrics"]["clean"]["verdict"] == "matches"  # within +-1 point by TOST
     assert r["sentence"].startswith({"holds": "Holds here", "does not hold": "Does not hold here"}[status])
 
 
-def test_linear_vs_full_wide_ci_is_called_underpowered():
-    r = finding_linear_vs_full(lp_ft([40.0, 50.0, 45.0], [44.0, 47.0, 41.0]), spec())
+def test_linear_vs_full_not_significant_and_wide_is_inconclusive_not_a_match():
+    a, b = [40.0, 50.0, 45.0], [44.0, 47.0, 41.0]
+    r = finding_linear_vs_full(lp_ft(a, b), spec())
     pgd = r["metrics"]["pgd"]
-    assert pgd["verdict"] == "matches" and pgd["underpowered"] and (pgd["ci"][1] - pgd["ci"][0]) / 2 > 3
-    assert "underpowered" in r["sentence"]
-    tight = finding_linear_vs_full(lp_ft([45.0, 45.2, 44.9], [45.1, 44.9, 45.0]), spec())["metrics"]["pgd"]
-    assert tight["verdict"] == "matches" and not tight["underpowered"]
+    assert pgd["p"] > 0.05 and pgd["verdict"] == "inconclusive" and r["status"] == "inconclusive"
+    p1 = stats.ttest_ind(np.add(a, 1.0), b, equal_var=False, alternative="greater").pvalue
+    p2 = stats.ttest_ind(np.subtract(a, 1.0), b, equal_var=False, alternative="less").pvalue
+    assert pgd["tost"]["p"] == pytest.approx(max(p1, p2)) and "inconclusive on PGD" in r["sentence"]
+    wide = finding_linear_vs_full(lp_ft(a, b), spec(equivalence_margin=12.0))["metrics"]["pgd"]
+    assert wide["verdict"] == "matches"  # the same numbers match within a margin of 12 points
 
 
 def test_linear_vs_full_with_one_seed_is_untested():
@@ -211,7 +219,8 @@ def test_backbone_margin_alone_decides_with_one_seed():
     g = {"robust-lora-ranli": group([80.0], [50.0]), "standard-lora-ranli": group([85.0], [30.0])}
     r = finding_backbone(g, spec(methods=["lora"]))
     w = r["methods"][0]["metrics"]["pgd"]
-    assert w["note"] == "n=1, no test" and w["large"] and r["status"] == "holds"
+    assert w["note"] == "n=1, no test" and w["large"] and r["status"] == "holds descriptively"
+    assert r["sentence"].startswith("Holds descriptively here, not tested (n = 1 on a side for lora")
     assert finding_backbone(g, spec(methods=["lora"], margin=25))["status"] == "does not hold"
 
 
@@ -242,7 +251,7 @@ def test_missing_groups_say_not_run():
     md = findings_markdown(r)
     for name in ("standard-lora-ranli", "robust-linear_probe-ranli", "robust-lora-roli", "quirk-x"):
         assert name in md
-    assert md.count("Not run") >= 3
+    assert md.lower().count("not run") >= 3
 
 
 def test_aa_only_when_every_seed_has_it():
@@ -265,9 +274,9 @@ def test_pooled_aa_needs_every_method_to_have_it():
     for k in ("robust-full_finetune-ranli", "robust-full_finetune-roli"):
         for i, rec in enumerate(g[k]):
             rec["aa"] = 40.0 + i + (1.0 if k.endswith("roli") else 0.0)
-    r = finding_roli(g, spec())
-    assert "aa" in r["methods"][0]["metrics"] and "aa" not in r["methods"][1]["metrics"]
-    assert "not pooled" in r["pooled"]["aa"]["note"] and "lora" in r["pooled"]["aa"]["note"]
+    (c,) = finding_roli(g, spec())["controls"]
+    assert "aa" in c["methods"][0]["metrics"] and "aa" not in c["methods"][1]["metrics"]
+    assert "aa" not in c["pooled"] and {"clean", "pgd"} <= set(c["pooled"])  # AA pooled only when every method has it
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -278,7 +287,8 @@ def test_result_is_json_and_markdown_formats_numbers():
          **roli_groups([3.1, 2.9, 3.5, 2.7, 3.3, 3.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0])}  # zero-variance PGD gain
     r = findings(g, spec(paper={"roli_gain_clean": 3.88}))
     assert json.loads(json.dumps(r, allow_nan=False)) == r
-    assert r["roli"]["pooled"]["pgd"]["note"] == "zero variance, no test" and r["roli"]["pooled"]["pgd"]["p"] is None
+    pgd = r["roli"]["controls"][0]["pooled"]["pgd"]
+    assert pgd["note"] == "zero residual variance, no test" and pgd["p"] is None
     md = findings_markdown(r)
     assert md.startswith("# Paper findings") and md.count("## Finding") == 3 and "p < 0.001" in md
     assert "+3.08" in md  # mean clean gain 3.0833, two decimals
@@ -297,7 +307,7 @@ def test_sections_lay_out_what_markdown_writes():
     assert [p["discussion"] for p in parts] == [None, None, "Why.", None]
     roli, quirks = parts[2], parts[3]
     assert roli["sentence"] == r["roli"]["sentence"] and roli["status"] == r["roli"]["status"]
-    assert [t["caption"] for t in roli["tables"]] == ["", "Pooled over (method, seed) pairs:"]
+    assert [t["caption"].split(",")[0] for t in roli["tables"]] == ["RoLI - RanLI", "RoLI - RanLI pooled over methods (two-way method + seed model; seed-cluster = t-test on the per-seed mean gains):".split(",")[0]]
     assert all(len(row) == len(t["header"]) for p in parts for t in p["tables"] for row in t["rows"])
     (quirk,) = quirks["parts"]
     assert quirk["heading"] == "B2" and quirk["sentence"] == r["quirks"][0]["sentence"]

@@ -60,7 +60,7 @@ def test_findings_json_and_report_sections(study, tmp_path):
     expect = findings({g["label"]: g["per_seed"] for g in groups(collect(study))}, SPEC)
     assert found == json.loads(json.dumps(expect))
     # the paired RoLI - RanLI gain of lora is computed from the runs' numbers: (75-72 + 76-74 + 77-73) / 3 = 3
-    lora = next(m for m in found["roli"]["methods"] if m["method"] == "lora")
+    lora = next(m for m in found["roli"]["controls"][0]["methods"] if m["method"] == "lora")
     assert lora["metrics"]["clean"]["mean"] == pytest.approx(3.0)
     text = (out / "report.md").read_text()
     assert text.startswith("# tiny study\n")

@@ -471,18 +471,17 @@ def test_html_findings_section_matches_findings_json(findings_report):
                                         f"{lp['mean_b']:.2f} ± {lp['std_b']:.2f} (n=3)", f"{lp['diff']:+.2f}"]
     assert html_tables[1][1][1][4] == f"[{lp['ci'][0]:.2f}, {lp['ci'][1]:.2f}]"
 
-    pooled = found["roli"]["pooled"]["pgd"]
+    pooled = found["roli"]["controls"][0]["pooled"]["pgd"]
     diffs = [b - a for ran, roli in (("robust-full_finetune-ranli", "robust-full_finetune-roli"),
                                      ("robust-lora-ranli", "robust-lora-roli"))
              for a, b in zip(known[ran]["pgd"], known[roli]["pgd"])]
-    se = statistics.stdev(diffs) / len(diffs) ** 0.5
-    assert pooled["mean"] == pytest.approx(statistics.fmean(diffs)) and pooled["se"] == pytest.approx(se)
+    assert pooled["mean"] == pytest.approx(statistics.fmean(diffs)) and pooled["n"] == 6
     pgd_row = next(r for r in html_tables[3][1] if r[0] == "PGD")
-    in_ci = " (in CI)" if pooled["ci"][0] <= 2.44 <= pooled["ci"][1] else " (outside CI)"
-    assert pgd_row == ["PGD", "6", f"{pooled['mean']:+.2f} ± {pooled['se']:.2f}",
-                       f"[{pooled['ci'][0]:.2f}, {pooled['ci'][1]:.2f}]",
-                       _p_text(stats.ttest_1samp(diffs, 0).pvalue), _p_text(pooled["sign_flip_p"]),
-                       f"+2.44{in_ci}", pooled["verdict"]]
+    seed_means = [statistics.fmean(diffs[i::3]) for i in range(3)]  # per seed, over the two methods
+    assert pgd_row[:6] == ["PGD", "6", f"{pooled['mean']:+.2f} ± {pooled['se']:.2f}",
+                           f"[{pooled['ci'][0]:.2f}, {pooled['ci'][1]:.2f}]", _p_text(pooled["p"]),
+                           _p_text(stats.ttest_1samp(seed_means, 0).pvalue)]
+    assert pgd_row[7] == f"+2.44 ({_p_text(pooled['p_vs_paper'])})"
     quirk = found["quirks"][0]["metrics"]["clean"]
     assert found["quirks"][0]["status"] == "compared" and quirk["p"] is not None
     assert html_tables[4][1][1][:3] == ["clean", "3", f"{quirk['mean']:+.2f} ± {quirk['std']:.2f}"]

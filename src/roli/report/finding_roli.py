@@ -23,7 +23,7 @@ from scipy import stats
 
 from roli.report.inference import holm, leave_one_method_out, seed_cluster, tost, two_way
 from roli.report.records import check_groups, label, missing_groups, paired_metrics, seed_values
-from roli.report.spec import METRICS, NAMES
+from roli.report.spec import METRICS, NAMES, validate_spec
 from roli.report.stats import ROLI_WORDS, finite
 from roli.report.wording import pvalue, signed
 
@@ -40,13 +40,23 @@ def _verdict(s: dict, alpha: float) -> str:
     return "equivalent" if s["tost"]["equivalent"] else "inconclusive"
 
 
+def _method_call(verdicts: list[str]) -> str:
+    """A method's call from its clean and PGD verdicts: better (both), worse (either), no gain (both equivalent),
+    unclear (anything else: an inconclusive or untested metric)."""
+    if all(v == "RoLI better" for v in verdicts):
+        return "better"
+    if "RoLI worse" in verdicts:
+        return "worse"
+    return "no gain" if all(v == "equivalent" for v in verdicts) else "unclear"
+
+
 def _per_method(groups: dict, spec: dict, control: str) -> list[dict]:
     """One row per method: RoLI - control paired by seed, each metric with its TOST; Holm-adjusted below."""
     rows = []
     for m in spec["methods"]:
-        if m == LINEAR:
-            continue
         ctl, roli = label(spec["robust"], m, control), label(spec["robust"], m, "roli")
+        if m == LINEAR or (control != spec["controls"][0] and ctl not in groups):
+            continue  # a further control (e.g. compute-matched) is run for some methods only
         row = {"method": m, "control": ctl, "roli": roli, "missing": missing_groups(groups, ctl, roli)}
         if not row["missing"]:
             row.update(paired_metrics(groups[roli], groups[ctl], spec["alpha"], ROLI_WORDS))
@@ -98,28 +108,31 @@ def _control(groups: dict, spec: dict, control: str) -> dict[str, Any]:
     ran = [r for r in rows if not r["missing"] and r["seeds"]]
     pooled = {m: _pooled(groups, rows, m, alpha, spec["paper"].get(f"roli_gain_{m}") if control == "ranli" else None)
               for m in METRICS if ran and all(m in r["metrics"] for r in ran)}
-    better = [r["method"] for r in ran if all(r["metrics"][m]["verdict"] == "RoLI better" for m in ("clean", "pgd"))]
-    worse = [r["method"] for r in ran if any(r["metrics"][m]["verdict"] == "RoLI worse" for m in ("clean", "pgd"))]
+    calls = {r["method"]: _method_call([r["metrics"][m]["verdict"] for m in ("clean", "pgd")]) for r in ran}
+    better = [m for m, c in calls.items() if c == "better"]
+    worse = [m for m, c in calls.items() if c == "worse"]
     status = ("not run" if not ran else "holds" if len(better) == len(ran) else "partly holds" if better
-              else "does not hold")
+              else "does not hold" if all(c in ("worse", "no gain") for c in calls.values()) else "not shown")
     return {"control": control, "name": CONTROL_NAMES.get(control, control), "methods": rows, "pooled": pooled,
-            "better": better, "worse": worse, "ran": [r["method"] for r in ran], "status": status,
+            "calls": calls, "better": better, "worse": worse, "ran": [r["method"] for r in ran], "status": status,
             "missing": [g for r in rows for g in r["missing"]]}
 
 
 def finding_roli(groups: dict, spec: dict) -> dict[str, Any]:
     """Finding 3 against every control in the spec; the status is the paper's comparison (the first control)."""
-    alpha, groups = spec["alpha"], check_groups(groups)
+    spec, groups = validate_spec(spec), check_groups(groups)
+    alpha = spec["alpha"]
     controls = [_control(groups, spec, c) for c in spec["controls"]]
     first = controls[0]
     rule = (f"per method and metric, RoLI - control paired by seed, Holm-corrected over the methods: 'RoLI better' "
             f"when the adjusted p < {alpha:g} and the mean is positive ('RoLI worse' if negative); 'equivalent' when "
             f"not significant and TOST with margin ±{spec['equivalence_margin']:g} points passes; else "
-            "'inconclusive'. The finding holds for a method when it is 'RoLI better' on both clean and PGD accuracy; "
-            "it holds when that is so for every method run, partly when for some. The pooled two-way (method + "
+            "'inconclusive'. A method shows the gain when it is 'RoLI better' on both clean and PGD accuracy. The "
+            "finding holds when every method run shows it, partly when some do, does not hold when every method is "
+            "'equivalent' on both or 'RoLI worse' on one, and is not shown otherwise. The pooled two-way (method + "
             "seed) line and its sensitivity lines are shown, not decided on.")
     out = {"finding": "RoLI improves clean and robust accuracy over RanLI, per method.", "alpha": alpha,
-           "rule": rule, "controls": controls, "status": first["status"], "missing": first["missing"]}
+           "margin": spec["equivalence_margin"], "rule": rule, "controls": controls, "status": first["status"], "missing": first["missing"]}
     out["sentence"] = " ".join(_sentence(c, spec) for c in controls)
     return out
 
@@ -131,11 +144,18 @@ def _pooled_clause(metric: str, s: dict, alpha: float) -> str:
     return c
 
 
+def why_not_run(c: dict) -> str:
+    """Why a control has no result: its missing groups, or that no method has its cells."""
+    if c["missing"]:
+        return f"missing groups: {', '.join(c['missing'])}"
+    return f"no method has {c['control']} cells" if not c["methods"] else "no method has both with a common seed"
+
+
 def _sentence(c: dict, spec: dict) -> str:
     """One verdict sentence per control, saying what the per-method tests say, then the pooled line."""
     name, alpha = c["name"], spec["alpha"]
     if c["status"] == "not run":
-        return f"Against {name}: not run (missing groups: {', '.join(c['missing']) or 'none'})."
+        return f"Against {name}: not run ({why_not_run(c)})."
     n = max(len(r["seeds"]) for r in c["methods"] if r.get("seeds"))
     calls = [f"{r['method']} (" + ", ".join(f"{NAMES[m]} {signed(s['mean'])} {s['verdict']}"
                                             for m, s in r["metrics"].items() if m in ("clean", "pgd")) + ")"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from roli.report.finding_roli import why_not_run
 from roli.report.spec import NAMES
 from roli.report.wording import ci_text, num, pm, pvalue, signed, test_text
 
@@ -46,36 +47,53 @@ def _tables_linear(f: dict) -> list[dict]:
     if f["status"] == "not run":
         return []
     rows = [[NAMES[m], f"{pm(w['mean_a'], w['std_a'])} (n={w['n_a']})", f"{pm(w['mean_b'], w['std_b'])} (n={w['n_b']})",
-             signed(w["diff"]), ci_text(w), test_text(w), w["verdict"] + (" (underpowered)" if w["underpowered"] else "")]
+             signed(w["diff"]), ci_text(w), test_text(w), test_text(w["tost"]), w["verdict"]]
             for m, w in f["metrics"].items()]
+    margin = next((w["tost"]["margin"] for w in f["metrics"].values()), None)
     return [_tbl(["metric", "linear probe", "full finetune", "LP - FT", f"{1 - f['alpha']:.0%} CI", "Welch",
-                  "verdict"], rows, _note_lines([("", f)]))]
+                  f"TOST ±{margin:g}" if margin is not None else "TOST", "verdict"], rows, _note_lines([("", f)]))]
+
+
+def _control_rows(c: dict) -> list[list[str]]:
+    """Per method and metric: RoLI - control, its CI, paired t, Holm-adjusted p, TOST p and verdict."""
+    rows = []
+    for r in c["methods"]:
+        if r["missing"] or not r.get("seeds"):
+            why = f"missing {', '.join(r['missing'])}" if r["missing"] else "no common seed"
+            rows.append([r["method"], "-", "-", "-", "-", "-", "-", "-", f"not run ({why})"])
+        for metric, s in r.get("metrics", {}).items():
+            rows.append([r["method"], NAMES[metric], str(s["n"]), f"{signed(s['mean'])} ± {num(s['std'])}", ci_text(s),
+                         test_text(s), pvalue(s["holm_p"]) if s.get("holm_p") is not None else "-",
+                         test_text(s["tost"]), s["verdict"]])
+    return rows
+
+
+def _pooled_rows(c: dict) -> list[list[str]]:
+    """Per metric: the two-way (method + seed) mean gain, its test, the seed-cluster test, carriers, the paper."""
+    rows = []
+    for metric, s in c["pooled"].items():
+        paper = "-" if s.get("paper") is None else f"{signed(s['paper'])} ({test_text({'p': s['p_vs_paper']})})"
+        rows.append([NAMES[metric], str(s["n"]), f"{signed(s['mean'])} ± {num(s['se'])}", ci_text(s), test_text(s),
+                     test_text(s["seed_cluster"]), ", ".join(s["carried_by"]) or "-", paper])
+    return rows
 
 
 def _tables_roli(f: dict) -> list[dict]:
-    if f["status"] == "not run":
-        return []
-    rows = []
-    for r in f["methods"]:
-        if r["missing"] or not r["seeds"]:
-            why = f"missing {', '.join(r['missing'])}" if r["missing"] else "no common seed"
-            rows.append([r["method"], "-", "-", "-", "-", "-", f"not run ({why})"])
-        for metric, s in r.get("metrics", {}).items():
-            rows.append([r["method"], NAMES[metric], str(s["n"]), f"{signed(s['mean'])} ± {num(s['std'])}", ci_text(s),
-                         test_text(s) + (" (1 df)" if s["n"] == 2 and s["p"] is not None else ""), s["verdict"]])
-    pooled = []
-    for metric, s in f["pooled"].items():
-        if "verdict" not in s:
-            pooled.append([NAMES[metric], "-", "-", "-", "-", "-", "-", s["note"]])
+    out = []
+    for c in f["controls"]:
+        if c["status"] == "not run":
+            out.append(_tbl(["control", "status"], [[c["name"], f"not run ({why_not_run(c)})"]]))
             continue
-        paper = "-" if s["paper"] is None else signed(s["paper"]) + (
-            "" if s["paper_in_ci"] is None else " (in CI)" if s["paper_in_ci"] else " (outside CI)")
-        pooled.append([NAMES[metric], str(s["n"]), f"{signed(s['mean'])} ± {num(s['se'])}", ci_text(s), test_text(s),
-                       pvalue(s["sign_flip_p"]), paper, s["verdict"]])
-    return [_tbl(["method", "metric", "pairs", "RoLI - RanLI (mean ± std)", "CI", "paired t", "verdict"], rows,
-                 _note_lines([(f"{r['method']}: ", r) for r in f["methods"]])),
-            _tbl(["metric", "pairs", "mean ± SE", "CI", "paired t", "sign-flip", "paper", "verdict"], pooled,
-                 caption="Pooled over (method, seed) pairs:")]
+        out.append(_tbl(["method", "metric", "pairs", f"RoLI - {c['name']} (mean ± std)", "CI", "paired t", "Holm p",
+                         f"TOST ±{f['margin']:g}", "verdict"], _control_rows(c),
+                        _note_lines([(f"{r['method']}: ", r) for r in c["methods"]]),
+                        caption=f"RoLI - {c['name']}, per method (paired by seed, Holm over the methods):"))
+        if c["pooled"]:
+            out.append(_tbl(["metric", "pairs", "mean ± SE", "CI", "two-way t", "seed-cluster t", "carried by",
+                             "paper (p vs it)"], _pooled_rows(c),
+                            caption=f"RoLI - {c['name']} pooled over methods (two-way method + seed model; "
+                                    "seed-cluster = t-test on the per-seed mean gains):"))
+    return out
 
 
 def _tables_quirk(e: dict) -> list[dict]:

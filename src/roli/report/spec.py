@@ -11,7 +11,8 @@ A spec (usually YAML, see `load_spec`)::
     alpha: 0.05             # significance level; confidence intervals are at 1 - alpha
     paper: {roli_gain_clean: 3.88, roli_gain_pgd: 2.44}   # the paper's average RoLI - RanLI gains (optional)
     margin: 10              # finding 1: "far less robust" means the robust backbone is >= margin points ahead
-    ci_halfwidth: 3         # finding 2: a "matches" whose CI half-width exceeds this is called underpowered
+    equivalence_margin: 1   # findings 2 and 3: "matches"/"equivalent" = TOST within +-this many points
+    controls: [ranli, ranli_matched]   # finding 3: RoLI against each of these inits (the first: the verdict)
     title: Paper findings   # optional text around the generated numbers (markdown): the heading, the study's
     intro: "..."            # set-up before the findings, a reading of each finding (discussion: {backbone,
     discussion: {roli: ...} # linear_vs_full, roli, quirks}: e.g. the likely reason one does not hold) and a
@@ -31,7 +32,7 @@ ROBUST_METRICS = ("pgd", "aa")
 NAMES = {"clean": "clean", "pgd": "PGD", "aa": "AA"}
 REQUIRED = {"robust": "robust: robust", "standard": "standard: standard",
             "methods": "methods: [linear_probe, full_finetune, lora]"}
-DEFAULTS = {"compare": [], "alpha": 0.05, "paper": {}, "margin": 10.0, "ci_halfwidth": 3.0,
+DEFAULTS = {"compare": [], "alpha": 0.05, "paper": {}, "margin": 10.0, "equivalence_margin": 1.0, "controls": ["ranli"],
             "title": "Paper findings", "intro": "", "discussion": {}, "closing": ""}
 SECTIONS = ("backbone", "linear_vs_full", "roli", "quirks")  # the result's parts; `discussion` keys name them
 TEXTS = ("intro", "closing")  # free markdown around the generated findings (the study's set-up, its GPU plan)
@@ -65,6 +66,15 @@ def _methods(value: Any) -> list[str]:
     dup = sorted({m for m in value if value.count(m) > 1})
     if dup:
         raise _bad(f"methods lists {', '.join(dup)} twice; list each method once")
+    return list(value)
+
+
+def _controls(value: Any) -> list[str]:
+    """Finding 3's control inits: a non-empty list of distinct names (group labels end in them)."""
+    if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value) \
+            or len(set(value)) != len(value) or "roli" in value:
+        raise _bad(f"controls must list distinct inits RoLI is compared with (e.g. [ranli, ranli_matched]), got "
+                   f"{value!r}")
     return list(value)
 
 
@@ -105,6 +115,9 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         raise _bad(f"expected a mapping with keys {', '.join(REQUIRED)}, got {type(spec).__name__}")
     known = [*REQUIRED, *DEFAULTS]
     for key in spec:
+        if key == "ci_halfwidth":  # roli 0.2
+            raise _bad("ci_halfwidth is gone: a 'matches' is now decided by an equivalence test (TOST); give "
+                       "equivalence_margin: POINTS instead (e.g. equivalence_margin: 1)")
         if key not in known:
             raise _bad(f"unknown key {key!r}; use one of {', '.join(known)}")
     for key, example in REQUIRED.items():
@@ -118,7 +131,9 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     out["methods"] = _methods(out["methods"])
     out["alpha"] = _number(out["alpha"], "alpha", 0, 1, "alpha: 0.05")
     out["margin"] = _number(out["margin"], "margin", 0, math.inf, "margin: 10")
-    out["ci_halfwidth"] = _number(out["ci_halfwidth"], "ci_halfwidth", 0, math.inf, "ci_halfwidth: 3")
+    out["equivalence_margin"] = _number(out["equivalence_margin"], "equivalence_margin", 0, math.inf,
+                                        "equivalence_margin: 1")
+    out["controls"] = _controls(out["controls"])
     out["paper"] = _paper(out["paper"])
     out["compare"] = _compare(out["compare"])
     out["title"] = _text(out["title"], "title", "title: Paper findings")
