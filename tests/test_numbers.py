@@ -31,7 +31,8 @@ def test_config_and_parser_agree():
 
 
 @pytest.mark.parametrize(("eps", "text"), [(8 / 255, "8/255"), (2 / 255, "2/255"), (1 / 255, "1/255"), (0.1, "0.1"),
-                                           (0.0, "0"), (0.031372, "0.03137"), (255 / 255, "255/255")])
+                                           (0.0, "0"), (0.031372, "0.03137"), (254 / 255, "254/255"),
+                                           (1.0, "1"), (3.0, "3")])  # L2 radii are not k/255
 def test_eps_str(eps, text):
     assert eps_str(eps) == text
 

@@ -39,14 +39,15 @@ def parse_number(value: object) -> float:
 
 
 def eps_str(eps: float) -> str:
-    """An eps (or PGD step) as the papers write it: `8/255` for a multiple of 1/255, else 4 significant digits.
+    """An eps (or PGD step) as the papers write it: `8/255` for a multiple of 1/255 below 1 (L-inf pixel units),
+    else 4 significant digits (an L2 radius of 3 is `3`, not `765/255`).
 
     Example:
-        >>> eps_str(8 / 255), eps_str(0.1), eps_str(0.0)
-        ('8/255', '0.1', '0')
+        >>> eps_str(8 / 255), eps_str(0.1), eps_str(0.0), eps_str(3.0)
+        ('8/255', '0.1', '0', '3')
     """
     k = round(eps * 255)
-    if k and abs(eps * 255 - k) < 1e-6:
+    if k and eps < 1 and abs(eps * 255 - k) < 1e-6:
         return f"{k}/255"
     return f"{eps:.{EPS_DIGITS}g}"
 

@@ -135,7 +135,9 @@ def _list(a: argparse.Namespace) -> int:
     print("backbones:", ", ".join(BACKBONES.names()), "+ any timm architecture (weights from a local file)")
     print("known checkpoints (backbone.name; pass the file as backbone.checkpoint):")
     for name, k in known_checkpoints().items():
-        eps = f"robust eps {eps_str(k.pretrain_eps)}" if k.pretrain_eps else "standard training"
+        t = k.pretrain_threat
+        eps = "standard training" if t is None else \
+            f"robust {t.norm} eps {eps_str(t.eps) if t.norm == 'linf' else f'{t.eps:g}'}"
         print(f"  {name}: {k.arch}, format {k.format}, {eps}; from {k.source}")
     print("checkpoint formats (backbone.format):", ", ".join(["auto", *CONVERTERS.names()]))
     print("datasets: ", ", ".join(DATASETS.names()), "(data.root: the dataset's folder; see README)")
