@@ -272,6 +272,19 @@ def test_base_include_merges_and_overrides(tmp_path):
     assert cfg.run.seed == 3
 
 
+def test_a_child_recipe_that_names_another_attack_replaces_the_section(tmp_path):
+    """As with --set: PGD's steps would not fit FGSM-RS, so a new attack name starts the section afresh; the same
+    name merges field by field."""
+    (tmp_path / "base.yaml").write_text("attack: {name: pgd, steps: 5, step_size: 0.05, select: last}\n"
+                                        "eval: {attack: {name: pgd, steps: 10, step_size: 0.025}}\n")
+    (tmp_path / "cheap.yaml").write_text("base: base.yaml\nattack: {name: fgsm_rs, step: 1.0}\n")
+    (tmp_path / "more.yaml").write_text("base: base.yaml\nattack: {steps: 2}\n")
+    cheap = load_config(tmp_path / "cheap.yaml")
+    assert cheap.attack.name == "fgsm_rs" and cheap.attack.step == 1.0 and cheap.eval.attack.steps == 10
+    more = load_config(tmp_path / "more.yaml")
+    assert (more.attack.name, more.attack.steps, more.attack.step_size, more.attack.select) == ("pgd", 2, 0.05, "last")
+
+
 def test_missing_base_is_an_error(tmp_path):
     msg = load_error(write(tmp_path, "base: nowhere.yaml\n"))
     assert "nowhere.yaml" in msg and "not found" in msg

@@ -33,6 +33,17 @@ def adversarially_trained_mlp(xs: torch.Tensor, ys: torch.Tensor) -> nn.Module:
 FAMILIES = ("vit", "resnet", "convnext", "swin", "xcit")
 
 
+def perturb(net: nn.Module, seed: int) -> nn.Module:
+    """Random values everywhere (LayerNorm 1/0 defaults would hide swapped norms), BN statistics included."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in net.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                        else t + 0.05 * torch.randn(t.shape, generator=g))
+    return net.eval()
+
+
 def tiny_backbone(family: str, num_classes: int = 4, seed: int = 0) -> Classifier:
     """A seeded, random-init roli Classifier of `family` (FAMILIES), built as `roli.backbones.build_model` builds
     a timm architecture: ViT = roli's vit_tiny_28 (LayerNorm), ResNet = timm's test_resnet (BatchNorm), ConvNeXt =

@@ -541,7 +541,8 @@ EMPTY_RECIPE = ("the recipe is empty: an empty recipe runs nothing you chose; a 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe strictly (a key given twice, a tag or an empty file is an error); `base: other.yaml` (relative
-    to this file) is loaded first and overridden."""
+    to this file) is loaded first and overridden (an `attack` or `eval.attack` that names another attack replaces
+    the base's whole section: PGD's steps would not fit FGSM-RS)."""
     path = Path(path)
     try:
         resolved, found = path.resolve(), path.is_file()
@@ -568,7 +569,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for base in bases:
             merged = _deep_merge(merged, read_yaml(path.parent / base, (*_seen, path.resolve())))
-        data = _deep_merge(merged, data)
+        data = _merge_overrides(merged, data)  # an attack whose `name` changes starts afresh, as with --set
     return data
 
 

@@ -20,6 +20,7 @@ from roli.backbones.known import KnownCheckpoint, known_checkpoints
 from roli.backbones.provenance import activations, threat_mismatch
 from roli.config import BackboneConfig, ThreatConfig
 from roli.errors import BackboneError, CheckpointError
+from tiny_models import perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAMILIES = {  # entry -> (architecture, activation) as the publishers' model code defines them
@@ -33,15 +34,6 @@ FAMILIES = {  # entry -> (architecture, activation) as the publishers' model cod
     "openai_clip_vit_b16": ("vit_base_patch16_clip_quickgelu_224", "quick_gelu"),
     "tecoa_clip_vit_l14_linf_4": ("vit_large_patch14_clip_quickgelu_224", "quick_gelu"),
 }
-
-
-def perturb(net, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for t in net.state_dict().values():
-            if t.is_floating_point():
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-    return net.eval()
 
 
 def test_every_entry_is_complete():

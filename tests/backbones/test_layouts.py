@@ -20,19 +20,9 @@ from timm.models.xcit import Xcit
 
 from roli.backbones.convert import convert_state_dict, detect_format, load_checkpoint
 from roli.errors import CheckpointError
+from tiny_models import perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def perturb(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random values everywhere (LayerNorm 1/0 defaults would hide swapped norms), BN statistics included."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
-                        else t + 0.05 * torch.randn(t.shape, generator=g))
-    return net.eval()
 
 
 def features(net, x):
