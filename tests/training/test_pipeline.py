@@ -203,3 +203,18 @@ def test_partial_stage1_section_keeps_the_stage1_defaults():
     assert partial.epochs == 2
     assert (partial.optimizer, partial.lr, partial.weight_decay, partial.warmup_epochs) == \
         (default.optimizer, default.lr, default.weight_decay, default.warmup_epochs)
+
+
+def test_per_example_test_predictions_are_saved_and_agree_with_the_numbers(finished_run):
+    """test_predictions.npz (label, clean prediction, robust verdict per test image, in the split's order) gives back
+    exactly the run's test accuracies: paired analyses over test images can start from it."""
+    from roli.training.rundir import read_predictions
+
+    run_dir, res, _ = finished_run
+    assert res["test"]["predictions"] == "test_predictions.npz"
+    p = read_predictions(run_dir / "test_predictions.npz")
+    assert len(p["label"]) == len(p["robust"]) == res["test"]["n"]
+    assert 100 * (p["clean_pred"] == p["label"]).mean() == pytest.approx(res["test"]["clean"])
+    assert 100 * p["robust"].mean() == pytest.approx(res["test"]["pgd"])
+    assert not (p["robust"] & (p["clean_pred"] != p["label"])).any()  # robust implies clean-correct
+    assert (run_dir / "test_predictions.npz").stat().st_size < 4096

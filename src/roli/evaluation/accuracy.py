@@ -35,8 +35,12 @@ def _rate(n: int, secs: float) -> float | None:
 
 
 def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None, desc: str = "eval", *,
-             precision: Precision | None = None, early_stop: bool = True) -> dict:
+             precision: Precision | None = None, early_stop: bool = True, predictions: dict | None = None) -> dict:
     """Top-1 accuracy (in %), plus counts, seconds and images/s.
+
+    `predictions` (a dict, filled in; one process only): the per-example verdicts in loader order, as numpy arrays
+    `label`, `clean_pred` and (with an attack) `robust`, so two runs can be compared image by image (paired tests
+    over test images).
 
     Without an attack: clean accuracy under `precision` (default fp32). With one: robust accuracy under the attack's
     own precision, with `clean` (the same pass's clean accuracy: acc, n, seconds of the clean forwards) and
@@ -55,6 +59,7 @@ def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None,
     was_training = model.training
     shards = getattr(loader.batch_sampler, "shards", None) if world().distributed else None
     model.eval()
+    kept: dict[str, list] = {"label": [], "clean_pred": [], "robust": []}
     try:
         for i, (x, y) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
             x, y = x.to(device), y.to(device)
@@ -63,14 +68,20 @@ def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None,
                 logits = model(x)
             clean_secs += time.perf_counter() - t_clean
             correct += (logits.argmax(1) == y).sum().item()
+            kept["label"].append(y.cpu())
+            kept["clean_pred"].append(logits.argmax(1).cpu())
             if attack is not None:
                 logits = logits if logits.dtype == x.dtype else logits.to(torch.promote_types(logits.dtype, x.dtype))
-                robust += attack.evaluate(model, x, y, early_stop=early_stop, clean_logits=logits,
-                                          shard=shards[i] if shards else None).robust.sum().item()
+                verdict = attack.evaluate(model, x, y, early_stop=early_stop, clean_logits=logits,
+                                          shard=shards[i] if shards else None).robust
+                robust += verdict.sum().item()
+                kept["robust"].append(verdict.cpu())
             n += len(y)
     finally:
         model.train(was_training)
     correct, robust, n = (int(v) for v in sum_over_ranks([correct, robust, n], device))  # exact counts over ranks
+    if predictions is not None and not world().distributed:
+        predictions.update({k: torch.cat(v).numpy() for k, v in kept.items() if v})
     secs = time.perf_counter() - t0
     if not sys.stderr.isatty():  # no progress bar outside a terminal (tqdm hides itself): one line per evaluation
         log.info("%s: clean %.2f%%%s on %d images (%.1f s)", desc, 100.0 * correct / max(n, 1),
@@ -85,11 +96,13 @@ def accuracy(model: nn.Module, loader: DataLoader, attack: Attack | None = None,
 
 
 def evaluate(model: nn.Module, loader: DataLoader, attacks: Mapping[str, Attack | None], *,
-             precision: Precision | None = None, early_stop: bool = True) -> dict[str, dict]:
+             precision: Precision | None = None, early_stop: bool = True,
+             predictions: dict | None = None) -> dict[str, dict]:
     """`{"clean": None, "pgd": PGD(...)}` -> per-attack accuracy dicts, in the given order.
 
     "clean" is not a separate pass when an attack is given: it is the first attack's own clean forward (under that
     attack's precision). `precision` applies to a clean-only evaluation. `early_stop`: see `Attack.evaluate`.
+    `predictions`: filled with the first attack's per-example verdicts (see `accuracy`).
 
     Example:
         >>> attacks = {"clean": None, "pgd": roli.make_attack("pgd", eps=0.1, steps=10, step_size=0.025)}
@@ -99,7 +112,8 @@ def evaluate(model: nn.Module, loader: DataLoader, attacks: Mapping[str, Attack 
     out: dict[str, dict] = {}
     for name, atk in attacks.items():
         if atk is not None:
-            out[name] = accuracy(model, loader, atk, desc=name, early_stop=early_stop)
+            out[name] = accuracy(model, loader, atk, desc=name, early_stop=early_stop,
+                                 predictions=predictions if not out else None)
     clean = next((r["clean"] for r in out.values()), None)
     for r in out.values():
         r.pop("clean")

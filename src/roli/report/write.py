@@ -28,7 +28,7 @@ CAPTIONS = {"scatter": "test clean vs {robust} accuracy per group: hollow RanLI 
             "eps": "accuracy vs eps per run (roli eval --suite sweep)"}
 DERIVED = ["report.md", "report.csv", "report_groups.csv", "report.json", "report.html", "findings.json",
            *PLOTS.values()]
-ARCHIVED = ("results.json", "config.yaml", "metrics.csv", "eval-*.json")  # what `archive` keeps of a run
+ARCHIVED = ("results.json", "config.yaml", "metrics.csv", "eval-*.json", "test_predictions.npz")  # what `archive` keeps
 
 
 def findings_of(gs: list[dict], spec: dict) -> dict:
@@ -73,8 +73,9 @@ def _data(rows: list[dict]) -> dict:
 
 
 def archive(run_dirs: list[Path], dest: Path) -> list[Path]:
-    """Copy each complete run's small files (ARCHIVED: results, config, metrics, eval JSONs; never checkpoints) to
-    `dest/<run name>/`: a record to commit beside a report, from which `roli report dest` regenerates it. Returns
+    """Copy each complete run's small files (ARCHIVED: results, config, metrics, eval JSONs, per-example test
+    predictions; never checkpoints) to `dest/<run name>/`: a record to commit beside a report, from which
+    `roli report dest` regenerates it. Returns
     the copies' folders; files already there are refreshed, others left alone."""
     complete = [Path(d) for d in run_dirs if (read_json(Path(d) / "results.json", "results.json") or {}).get(
         "status") == "complete"]

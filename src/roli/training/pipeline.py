@@ -52,6 +52,7 @@ from roli.training.rundir import (
     check_same_results,
     new_run_dir,
     read_results,
+    write_predictions,
     write_results,
 )
 from roli.training.trainer import FitResult, TrainingFailed, fit, seed_everything
@@ -314,10 +315,13 @@ def _test(model: nn.Module, cfg: Config, splits: Splits, run_dir: Path, precisio
     """Clean and `eval.attack` accuracy on the test split, of the selected epoch's weights (best.pt)."""
     best = load_file(run_dir / "best.pt")
     load_trained_state(model, best["model"], run_dir / "best.pt")  # lean: on top of the same frozen backbone
+    predictions: dict = {}
     with oom_hint("test evaluation", "data.eval_batch_size", cfg.data.eval_batch_size):
-        return evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
-                        {"clean": None, "pgd": build_attack(cfg.eval.attack, cfg.threat, precision.eval)},
-                        early_stop=cfg.eval.early_stop)
+        out = evaluate(model, distributed.sharded_loader(splits.test, cfg.data.eval_batch_size, shuffle=False),
+                       {"clean": None, "pgd": build_attack(cfg.eval.attack, cfg.threat, precision.eval)},
+                       early_stop=cfg.eval.early_stop, predictions=predictions)
+    out["predictions"] = write_predictions(run_dir, predictions) if predictions else None
+    return out
 
 
 def _record_completion(results: dict, cfg: Config, fitted: FitResult, test: dict, t0: float) -> None:
@@ -327,7 +331,8 @@ def _record_completion(results: dict, cfg: Config, fitted: FitResult, test: dict
         best_val={"clean": fitted.best["val_clean"], "robust": fitted.best["val_robust"]},
         test={"clean": test["clean"]["acc"], "pgd": test["pgd"]["acc"], "n": test["clean"]["n"],
               "attack": to_dict(cfg.eval.attack), "threat": to_dict(cfg.threat),
-              "pgd_images_per_s": test["pgd"]["images_per_s"], "early_stop": cfg.eval.early_stop},
+              "pgd_images_per_s": test["pgd"]["images_per_s"], "early_stop": cfg.eval.early_stop,
+              "predictions": test.get("predictions")},
         seconds=round(time.perf_counter() - t0, 1),
     )
     if fitted.co_guard is not None:  # the catastrophic-overfitting guard: its events and the attack it ended with

@@ -8,7 +8,7 @@ from typing import Any
 
 from roli.config import Config, ConfigError, load_config, to_dict
 from roli.errors import RunDirError
-from roli.files import atomic_write_json, read_json
+from roli.files import atomic_write_json, read_json, write_atomic
 
 # Settings a resumed run may change: where and how fast it computes, not what it computes.
 RESUMABLE_CHANGES = {"run.threads", "run.device", "run.name", "run.keep_resume_state", "data.num_workers",
@@ -58,6 +58,44 @@ def read_results(run_dir: Path) -> dict | None:
 def write_results(run_dir: Path, results: dict) -> None:
     """The run's results.json, replaced atomically."""
     atomic_write_json(run_dir / "results.json", results)
+
+
+PREDICTIONS = "test_predictions.npz"
+
+
+def write_predictions(run_dir: Path, predictions: dict) -> str:
+    """The test split's per-example verdicts (label, clean prediction, robust under `eval.attack`; in the split's
+    order) as a compact `test_predictions.npz` beside results.json, so two runs can be compared image by image
+    (e.g. McNemar or a paired bootstrap over test images); returns its file name."""
+    import numpy as np
+
+    arrays = {"label": predictions["label"].astype(np.int16), "clean_pred": predictions["clean_pred"].astype(np.int16)}
+    if "robust" in predictions:
+        arrays["robust"] = np.packbits(predictions["robust"].astype(bool))
+        arrays["n"] = np.array(len(predictions["robust"]))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez would add ".npz" to a temporary name
+            np.savez_compressed(f, **arrays)
+
+    write_atomic(run_dir / PREDICTIONS, write)
+    return PREDICTIONS
+
+
+def read_predictions(path: str | Path) -> dict:
+    """A run's `test_predictions.npz` as arrays `label`, `clean_pred` and `robust` (bool), in the split's order.
+
+    Example:
+        >>> p = read_predictions("runs/demo/mnist_full_roli/test_predictions.npz")
+        >>> (p["clean_pred"] == p["label"]).mean(), p["robust"].mean()  # clean and robust accuracy
+    """
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        out = {k: f[k] for k in ("label", "clean_pred")}
+        if "robust" in f:
+            out["robust"] = np.unpackbits(f["robust"])[: int(f["n"])].astype(bool)
+    return out
 
 
 def changed_settings(now: dict, saved: dict, allowed: set[str] | frozenset[str] = frozenset()
