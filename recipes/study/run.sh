@@ -1,6 +1,6 @@
 #!/bin/sh
 # One resumable slice of the study (issue 13): two processes (shards 1/2 and 2/2, one torch thread each) go through
-# the three grids (robust, standard, quirks) seed by seed, except that the robust cells get all three seeds (the
+# the four grids (robust, compute-matched controls, standard, quirks) seed by seed, except that the robust cells get all three seeds (the
 # study's minimum) before the standard and quirk cells get their second and third; no new cell starts after
 # MINUTES (default 60). Re-run until nothing is left: complete cells are skipped, interrupted ones resume, and a
 # failing sweep does not stop the slice (its error is in the log). Logs: runs/study/sweep-<shard>.log.
@@ -8,7 +8,7 @@
 cd "$(dirname "$0")/../.."
 ROLI=${ROLI:-.venv/bin/roli}
 end=$(( $(date +%s) + 60 * ${1:-60} ))
-ORDER="grid:0 grid_standard:0 grid_quirks:0 grid:1 grid:2 grid_standard:1 grid_quirks:1 grid_standard:2 grid_quirks:2"
+ORDER="grid:0 grid_standard:0 grid_quirks:0 grid:1 grid:2 grid_matched:0 grid_matched:1 grid_matched:2 grid_standard:1 grid_quirks:1 grid_standard:2 grid_quirks:2"
 mkdir -p runs/study
 slice() {
   rc=0
