@@ -126,7 +126,7 @@ def test_a_killed_rank_stops_the_job_and_the_run_resumes_to_the_same_result(one_
 
 def test_sharded_evaluation_equals_one_process_for_pgd_and_autoattack(one_and_two, tmp_path):
     ckpt = str(one_and_two / "one" / "r" / "best.pt")
-    args = ["eval", "--checkpoint", ckpt, "--suite", "full", "--limit", "200", "--aa", "version=custom",
+    args = ["eval", "--checkpoint", ckpt, "--suite", "aa", "--limit", "200", "--aa", "version=custom",
             "attacks=[apgd-ce]", "n_iter=5"]
     single = roli_cli(*args, "--output", str(tmp_path / "one.json"), "--aa-state", str(tmp_path / "s1.json"),
                       cwd=tmp_path)

@@ -78,8 +78,9 @@ def _eval(a: argparse.Namespace) -> int:
     if a.output and Path(a.output).exists():  # checked before evaluating: an earlier result is never overwritten
         from roli.errors import OutputExists
         raise OutputExists(f"--output {a.output} exists; roli does not overwrite results. Choose another file")
-    if (a.aa or a.aa_state) and a.suite != "full" and a.attack != "autoattack":
-        raise ConfigError("--aa and --aa-state apply to AutoAttack: use them with --suite full or --attack autoattack")
+    if (a.aa or a.aa_state) and a.suite not in ("full", "aa") and a.attack != "autoattack":
+        raise ConfigError("--aa and --aa-state apply to AutoAttack: use them with --suite full (or aa) or --attack "
+                          "autoattack")
     result = evaluate_checkpoint(a.checkpoint, data=a.data, split=a.split, attack=a.attack, eps=number(a.eps),
                                  norm=a.norm, steps=a.steps, step_size=number(a.step_size), limit=a.limit,
                                  data_root=a.data_root, suite=a.suite, aa=parse_overrides(a.aa), aa_state=a.aa_state,

@@ -68,10 +68,11 @@ def _add_eval(sub) -> None:
     e.add_argument("--no-early-stop", dest="early_stop", action="store_false",
                    help="attack every example for every step (the plain loop; the same accuracy, slower). Default: "
                         "PGD/FGSM stop attacking an example once it is misclassified")
-    e.add_argument("--suite", choices=["quick", "full", "sweep"], default=None,
+    e.add_argument("--suite", choices=["quick", "full", "aa", "sweep"], default=None,
                    help="quick: clean + PGD-10; full: clean + FGSM + PGD-10 + AutoAttack (standard), plus the eps "
-                        "sweep and PGD-100x5 for the gradient-masking (integrity) flags; sweep: PGD over eps x (0, "
-                        "1/4, 1/2, 1, 2) and a large eps. Default: clean + the run's validation attack")
+                        "sweep and PGD-100x5 for the gradient-masking (integrity) flags; aa: full without the sweep "
+                        "and the flags; sweep: PGD over eps x (0, 1/4, 1/2, 1, 2) and a large eps. Default: clean + "
+                        "the run's validation attack")
     e.add_argument("--aa", nargs="+", default=[], metavar="KEY=VALUE",
                    help="AutoAttack settings, e.g. version=custom attacks=[apgd-ce,apgd-t] n_iter=50")
     e.add_argument("--aa-state", default=None, help="AutoAttack resume file (default: beside the checkpoint)")

@@ -58,6 +58,7 @@ class Suite:
 SUITES: dict[str, Suite] = {
     "quick": Suite(("clean", "pgd")),
     "full": Suite(("clean", "fgsm", "pgd", "autoattack"), sweep=True, integrity=True),
+    "aa": Suite(("clean", "fgsm", "pgd", "autoattack")),  # full without the sweep and the masking probes
     "sweep": Suite(("clean",), sweep=True),
 }
 
