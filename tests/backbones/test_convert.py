@@ -164,13 +164,15 @@ def test_torchvision_vit_gives_identical_logits(tmp_path, x32, mlp_names):
     torch.testing.assert_close(logits(net, x32), logits(tv, x32), rtol=1e-5, atol=1e-5)
 
 
-def test_full_size_torchvision_vit_b_16_maps_exactly():
+@pytest.mark.parametrize("tv_name, arch, fmt", [("vit_b_16", "vit_base_patch16_224", "torchvision_vit"),
+                                                 ("swin_b", "swin_base_patch4_window7_224", "torchvision_swin")])
+def test_full_size_torchvision_files_map_exactly(tv_name, arch, fmt):
     with torch.device("meta"):
-        tv = torchvision.models.vit_b_16()
-        net = timm.create_model("vit_base_patch16_224", pretrained=False)
+        tv = getattr(torchvision.models, tv_name)()
+        net = timm.create_model(arch, pretrained=False)
     conv = convert_state_dict(tv.state_dict(), net, "auto")
     own = net.state_dict()
-    assert conv.format == "auto -> torchvision_vit"
+    assert conv.format == f"auto -> {fmt}"
     assert set(conv.state) == set(own)
     assert all(conv.state[k].shape == own[k].shape for k in own)
 
