@@ -137,7 +137,8 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
     results = {name: results[name] for name in suite.attacks}
     x, y = next(iter(loader))
     device = next(model.parameters()).device
-    checks = model_checks(model, x.to(device), y.to(device))
+    batch = (x.to(device), y.to(device))  # one batch for the model checks and the prompt-path flag
+    checks = model_checks(model, *batch)
     checks.append(check_ordering({k: v["acc"] for k, v in results.items()}))
     sweep = expected = None
     if suite.sweep:
@@ -151,7 +152,8 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
         log.warning("sanity checks failed: %s (see `checks` in the results)", ", ".join(failed))
     probes, flags = {}, None
     if suite.integrity:
-        probes, flags = _integrity(model, loader, configs, threat, results, sweep, seed, precision, early_stop)
+        probes, flags = _integrity(model, loader, batch, configs, threat, results, sweep, seed, precision,
+                                   early_stop)
         settings.update({k: to_dict(configs[k]) for k in probes})
     return {"threat": to_dict(threat), "attacks": settings, "results": results, "sweep": sweep,
             "expected_robustness": expected, "checks": [c.to_dict() for c in checks],
@@ -160,9 +162,9 @@ def run_suite(model: nn.Module, loader: DataLoader, suite: Suite, configs: Mappi
             "early_stop": early_stop, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def _integrity(model: nn.Module, loader: DataLoader, configs: Mapping[str, AttackConfig | None],
-               threat: ThreatConfig, results: dict, sweep: list[dict] | None, seed: int, precision: Precision,
-               early_stop: bool) -> tuple[dict, list[dict]]:
+def _integrity(model: nn.Module, loader: DataLoader, batch: tuple[torch.Tensor, torch.Tensor],
+               configs: Mapping[str, AttackConfig | None], threat: ThreatConfig, results: dict,
+               sweep: list[dict] | None, seed: int, precision: Precision, early_stop: bool) -> tuple[dict, list[dict]]:
     """The probe attacks (`pgd100` when configured: PGD-100 with restarts) and the integrity flags."""
     probes = {}
     if configs.get("pgd100") is not None:
@@ -171,9 +173,7 @@ def _integrity(model: nn.Module, loader: DataLoader, configs: Mapping[str, Attac
         probes["pgd100"].pop("clean", None)
     accs = {k: v["acc"] for k, v in {**results, **probes}.items()}
     n = next((v["n"] for v in results.values() if v.get("n")), None)
-    x, y = next(iter(loader))
-    device = next(model.parameters()).device
-    return probes, [f.to_dict() for f in integrity(accs, sweep, n, model, (x.to(device), y.to(device)))]
+    return probes, [f.to_dict() for f in integrity(accs, sweep, n, model, batch)]
 
 
 def library_versions() -> dict:

@@ -50,6 +50,12 @@ def _method_call(verdicts: list[str]) -> str:
     return "no gain" if all(v == "equivalent" for v in verdicts) else "unclear"
 
 
+def _gains(groups: dict, row: dict, metric: str) -> np.ndarray:
+    """RoLI - control per paired seed of one method's row (the paired test's differences, for TOST and pooling)."""
+    return seed_values(groups[row["roli"]], metric, row["seeds"]) - seed_values(groups[row["control"]], metric,
+                                                                                 row["seeds"])
+
+
 def _per_method(groups: dict, spec: dict, control: str) -> list[dict]:
     """One row per method: RoLI - control paired by seed, each metric with its TOST; Holm-adjusted below."""
     rows = []
@@ -61,8 +67,7 @@ def _per_method(groups: dict, spec: dict, control: str) -> list[dict]:
         if not row["missing"]:
             row.update(paired_metrics(groups[roli], groups[ctl], spec["alpha"], ROLI_WORDS))
             for metric, s in row["metrics"].items():
-                d = seed_values(groups[roli], metric, row["seeds"]) - seed_values(groups[ctl], metric, row["seeds"])
-                s["tost"] = tost(d, spec["equivalence_margin"], spec["alpha"])
+                s["tost"] = tost(_gains(groups, row, metric), spec["equivalence_margin"], spec["alpha"])
         rows.append(row)
     return rows
 
@@ -82,7 +87,7 @@ def _pooled(groups: dict, rows: list[dict], metric: str, alpha: float, paper: fl
     ran = [r for r in rows if metric in r.get("metrics", {})]
     gains, methods, seeds = [], [], []
     for r in ran:
-        d = seed_values(groups[r["roli"]], metric, r["seeds"]) - seed_values(groups[r["control"]], metric, r["seeds"])
+        d = _gains(groups, r, metric)
         gains += list(d)
         methods += [r["method"]] * len(d)
         seeds += r["seeds"]
